@@ -1,0 +1,34 @@
+"""Stage split: train / valid / test grouped by question, stratified by category, seeded."""
+
+from pathlib import Path
+
+import polars as pl
+import typer
+
+from chitchat.data.split import SPLITS, SplitConfig, split_pairs
+from chitchat.io import atomic_path, load_params, section, write_json
+from chitchat.stage import stage_errors
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    pairs: Path = typer.Option(Path("data/dedup/pairs.parquet"), help="deduplicated pairs"),
+    out_dir: Path = typer.Option(Path("data/split"), help="folder for train/valid/test.parquet"),
+    metrics: Path = typer.Option(Path("metrics/split.json"), help="sizes and categories"),
+) -> None:
+    """Split so that no question appears in two splits."""
+    with stage_errors("split"):
+        cfg = SplitConfig.from_params(section(load_params(params), "split", params))
+        frames, report = split_pairs(pl.read_parquet(pairs), cfg, str(pairs))
+        for name in SPLITS:
+            with atomic_path(out_dir / f"{name}.parquet") as tmp:
+                frames[name].write_parquet(tmp)
+        write_json(metrics, report)
+        typer.echo(f"split: {report['pairs']}", err=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,89 @@
+"""Stage train: fit the model chosen by `model.type` on the train split, keep the best on valid."""
+
+from pathlib import Path
+
+import polars as pl
+import torch
+import typer
+from dvclive import Live
+
+from chitchat.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from chitchat.io import atomic_dir, load_params, section, write_json
+from chitchat.models import ModelConfig, build_model
+from chitchat.stage import progress_bar, stage_errors
+from chitchat.tokenizer import Tokenizer
+from chitchat.training.batching import encode_pairs
+from chitchat.training.loop import TrainConfig, resolve_device, seed_everything, train
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    split_dir: Path = typer.Option(Path("data/split"), help="folder with train/valid.parquet"),
+    tokenizer_dir: Path = typer.Option(Path("data/tokenizer"), help="tokenizer folder"),
+    out_dir: Path = typer.Option(Path("data/model"), help="model folder (checkpoint + tokenizer)"),
+    metrics: Path = typer.Option(Path("metrics/train.json"), help="training summary"),
+    live_dir: Path = typer.Option(Path("metrics/live"), help="dvclive curves"),
+) -> None:
+    """Train with teacher forcing; log losses per step; save the best checkpoint."""
+    with stage_errors("train"):
+        all_params = load_params(params)
+        tcfg = TrainConfig.from_params(section(all_params, "train", params))
+        tok = Tokenizer.load(tokenizer_dir)
+        mcfg = ModelConfig.from_params(section(all_params, "model", params),
+                                       vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+        device = resolve_device(tcfg.device)
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        seed_everything(tcfg.seed)
+        model = build_model(mcfg)
+        train_ex = encode_pairs(pl.read_parquet(split_dir / "train.parquet"), tok, tcfg.max_src_len, tcfg.max_tgt_len)
+        valid_ex = encode_pairs(pl.read_parquet(split_dir / "valid.parquet"), tok, tcfg.max_src_len, tcfg.max_tgt_len)
+
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+
+        def log(step: int, values: dict) -> None:
+            live.step = step
+            for name, value in values.items():
+                live.log_metric(name, value)
+
+        with progress_bar() as bar:
+            task = bar.add_task(f"train {mcfg.type}", total=None, info="")
+
+            def progress(step: int, total: int, values: dict) -> None:
+                info = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "train/lr")
+                bar.update(task, completed=step, total=total, info=info)
+
+            result = train(model, train_ex, valid_ex, tcfg, tok.pad_id, device, log, progress)
+        live.make_summary()
+        live.end()
+
+        with atomic_dir(out_dir) as tmp:
+            tok.save(tmp / "tokenizer")
+            save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir="tokenizer",
+                            max_src_len=tcfg.max_src_len, max_tgt_len=tcfg.max_tgt_len,
+                            step=result.best_step, best_valid_loss=result.best_valid_loss,
+                            train_config=vars(tcfg))
+        write_json(metrics, {
+            "model_type": mcfg.type,
+            "parameters": model.num_parameters(),
+            "device": device.type,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "best_step": result.best_step,
+            "best_valid_loss": result.best_valid_loss,
+            "final_train_loss": result.final_train_loss,
+            "train_tokens": result.train_tokens,
+            "train_examples": len(train_ex),
+            "tokens_per_second": round(result.train_tokens / result.seconds, 1),
+            "seconds": round(result.seconds, 1),
+            "stopped_early": result.stopped_early,
+            "stopped_by_time": result.stopped_by_time,
+        })
+        typer.echo(f"train: best valid loss {result.best_valid_loss:.4f} at step {result.best_step}", err=True)
+
+
+if __name__ == "__main__":
+    app()

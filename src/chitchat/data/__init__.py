@@ -1,0 +1,1 @@
+"""Readers, normalization, filters, deduplication and splitting of question-answer pairs."""

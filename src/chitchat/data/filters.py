@@ -1,0 +1,78 @@
+"""Length, emptiness, link and category filters over a pairs table, as polars expressions.
+
+Each pair gets the first reason it fails (or null); the reasons are counted, then the failing rows
+dropped, so the metrics say exactly why every dropped pair went.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from chitchat.data.normalize import word_count
+
+# An answer made of links only carries nothing a model can learn to say.
+LINK_ONLY = r"^(?:(?:https?://|www\.)\S+[\s,;.]*)+$"
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Bounds are inclusive; a max of 0 means no upper bound."""
+
+    min_question_chars: int = 1
+    max_question_chars: int = 0
+    min_question_words: int = 1
+    max_question_words: int = 0
+    min_answer_chars: int = 1
+    max_answer_chars: int = 0
+    min_answer_words: int = 1
+    max_answer_words: int = 0
+    drop_link_only: bool = True
+    categories: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "FilterConfig":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+def _bounds(rules: list, column: str, measure: pl.Expr, lo: int, hi: int, unit: str) -> None:
+    rules.append((measure < lo, f"{column}_too_short_{unit}"))
+    if hi > 0:
+        rules.append((measure > hi, f"{column}_too_long_{unit}"))
+
+
+def drop_reason(cfg: FilterConfig) -> pl.Expr:
+    """A string expression: the first filter a row fails, or null when it passes them all."""
+    q, a = pl.col("question"), pl.col("answer")
+    rules: list[tuple[pl.Expr, str]] = [
+        (q.str.len_chars() == 0, "empty_question"),
+        (a.str.len_chars() == 0, "empty_answer"),
+    ]
+    if cfg.drop_link_only:
+        rules.append((a.str.contains(LINK_ONLY), "link_only_answer"))
+    _bounds(rules, "question", q.str.len_chars(), cfg.min_question_chars, cfg.max_question_chars, "chars")
+    _bounds(rules, "question", word_count(q), cfg.min_question_words, cfg.max_question_words, "words")
+    _bounds(rules, "answer", a.str.len_chars(), cfg.min_answer_chars, cfg.max_answer_chars, "chars")
+    _bounds(rules, "answer", word_count(a), cfg.min_answer_words, cfg.max_answer_words, "words")
+    if cfg.categories:
+        rules.append((~pl.col("category").is_in(cfg.categories), "category_not_allowed"))
+    expr = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))
+    for cond, reason in rules[1:]:
+        expr = expr.when(cond).then(pl.lit(reason))
+    return expr.otherwise(pl.lit(None, dtype=pl.String)).alias("drop_reason")
+
+
+def apply_filters(df: pl.DataFrame, cfg: FilterConfig) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Drop failing pairs; return the kept pairs and the number dropped per reason."""
+    tagged = df.with_columns(drop_reason(cfg))
+    counts = (
+        tagged.filter(pl.col("drop_reason").is_not_null())
+        .group_by("drop_reason")
+        .len()
+        .sort("drop_reason")
+    )
+    dropped = dict(zip(counts["drop_reason"].to_list(), counts["len"].to_list()))
+    kept = tagged.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
+    return kept, dropped

@@ -1,0 +1,47 @@
+"""The interface every model type implements, so training, decoding and serving never ask which.
+
+Shapes: `src` (batch, src_len) token ids whose first token is the category token; `tgt_in`
+(batch, tgt_len) starts with BOS; logits (batch, tgt_len, vocab).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Encoded:
+    """What the encoder hands the decoder."""
+
+    memory: torch.Tensor  # (batch, src_len, hidden)
+    mask: torch.Tensor  # (batch, src_len) True at real tokens
+    state: Any  # the decoder's initial state (model-specific)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder: encode once, then decode in full (teacher forcing) or step by step."""
+
+    def encode(self, src: torch.Tensor) -> Encoded:
+        raise NotImplementedError
+
+    def init_cache(self, enc: Encoded) -> Any:
+        """The decoding cache before the first step (recurrent state, cached keys...)."""
+        raise NotImplementedError
+
+    def decode(self, tgt_in: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """Teacher-forced logits (batch, tgt_len, vocab) for the whole target prefix at once."""
+        raise NotImplementedError
+
+    def decode_step(self, tokens: torch.Tensor, enc: Encoded, cache: Any) -> tuple[torch.Tensor, Any]:
+        """Logits (batch, vocab) for the next token after `tokens` (batch,), and the new cache."""
+        raise NotImplementedError
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.decode(tgt_in, self.encode(src))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Batching by token budget and the training loop."""
