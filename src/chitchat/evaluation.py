@@ -53,8 +53,9 @@ def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_
     """Return (metrics, one row per pair with the generated answer)."""
     examples = encode_pairs(pairs, tok, max_src_len, max_tgt_len)
     nll, n_tokens = corpus_nll(model, examples, tok.pad_id, 4096, device)
-    # Words of the reference as the model saw it (after truncation), so ppl_word matches ppl_token.
-    n_words = sum(M.word_count(tok.decode(e.tgt[1:])) for e in examples)
+    # Words of each reference as the model saw it (after truncation) plus its end of sentence, the
+    # word-level convention: the EOS token's NLL is in the numerator, so it counts as a word.
+    n_words = sum(M.word_count(tok.decode(e.tgt[1:])) + 1 for e in examples)
 
     prompts = pairs.select("question", "category").unique(maintain_order=True)
     answers = generate_answers(model, tok, prompts["question"].to_list(), prompts["category"].to_list(),

@@ -39,8 +39,8 @@ def _merge_rare(strata: list[str], minimum: int) -> list[str]:
 
 def _split(keys: list[str], strata: list[str], n_out: int, seed: int, stratify: bool):
     """Split keys into (kept, taken) with `n_out` taken; stratified when the counts allow."""
-    if stratify:
-        merged = _merge_rare(strata, 2)
+    merged = _merge_rare(strata, 2)
+    if stratify and len(set(merged)) > 1:  # one stratum would only pretend to stratify
         try:
             kept, taken = train_test_split(keys, test_size=n_out, stratify=merged, random_state=seed)
             return kept, taken, True

@@ -110,6 +110,25 @@ def corpus_nll(model: Seq2Seq, examples: Sequence[Example], pad_id: int, max_tok
     return total, count
 
 
+def backward_window(model: Seq2Seq, window: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
+                    smoothing: float, device: torch.device) -> tuple[float, int]:
+    """Accumulate gradients of one optimizer step's micro-batches; return (NLL sum, target tokens).
+
+    The loss is normalized by the target tokens of the whole window, not averaged per micro-batch,
+    so the gradient equals that of one big batch whatever the split.
+    """
+    n_tokens = sum(int((tgt[:, 1:] != pad_id).sum()) for _, tgt in window)
+    nll_sum = 0.0
+    for src, tgt in window:
+        src, tgt = src.to(device), tgt.to(device)
+        logits = model(src, tgt[:, :-1])
+        loss = target_nll(logits, tgt[:, 1:], pad_id, smoothing)
+        (loss / n_tokens).backward()
+        nll = loss if smoothing == 0 else target_nll(logits.detach(), tgt[:, 1:], pad_id)
+        nll_sum += nll.item()
+    return nll_sum, n_tokens
+
+
 def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Example], cfg: TrainConfig,
           pad_id: int, device: torch.device, log: Callable[[int, dict], None] | None = None,
           progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
@@ -139,15 +158,7 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
         batches = token_budget_batches(train_ex, cfg.max_tokens, cfg.seed + epoch)
         for w in range(0, len(batches), cfg.accum_steps):
             window = [collate([train_ex[i] for i in b], pad_id) for b in batches[w : w + cfg.accum_steps]]
-            # Normalize by the target tokens of the whole window, not a mean of per-batch means.
-            n_tokens = sum(int((tgt[:, 1:] != pad_id).sum()) for _, tgt in window)
-            nll_sum = 0.0
-            for src, tgt in window:
-                src, tgt = src.to(device), tgt.to(device)
-                logits = model(src, tgt[:, :-1])
-                loss = target_nll(logits, tgt[:, 1:], pad_id, cfg.label_smoothing)
-                (loss / n_tokens).backward()
-                nll_sum += (loss if cfg.label_smoothing == 0 else target_nll(logits.detach(), tgt[:, 1:], pad_id)).item()
+            nll_sum, n_tokens = backward_window(model, window, pad_id, cfg.label_smoothing, device)
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()

@@ -1,0 +1,92 @@
+import gzip
+import zipfile
+
+import pytest
+
+from chitchat.data.pairs import read_pairs
+from chitchat.data.readers import ReadReport, read_qa_jsonl
+from chitchat.errors import InputError
+from conftest import write_jsonl
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zip"])
+def test_reads_every_container(tmp_path, qa_records, suffix):
+    path = write_jsonl(tmp_path / f"qa{suffix}", qa_records)
+    report = ReadReport()
+    records = list(read_qa_jsonl(path, report))
+    assert [r.question for r in records] == [r["question"] for r in qa_records]
+    assert records[2].responses[0] == "Науке это неизвестно…"
+    assert report.records_ok == 3 and not report.skipped
+
+
+def test_bad_records_are_skipped_and_counted_with_line_numbers(tmp_path, qa_records):
+    raw = [
+        '{"question": "обрыв',  # line 4: malformed
+        '["not", "an", "object"]',  # 5
+        '{"category": "Юмор", "responses": ["a"]}',  # 6: no question
+        '{"question": "q", "responses": "строка"}',  # 7: responses not a list
+        '{"question": "q2", "responses": [1, null]}',  # 8: no string responses
+        '{"question": "q3", "responses": ["ok", 5], "category": null}',  # 9: kept, one response dropped
+        '{"question": "q4"}',  # 10: no responses
+    ]
+    path = write_jsonl(tmp_path / "qa.jsonl", qa_records, raw)
+    report = ReadReport()
+    records = list(read_qa_jsonl(path, report))
+    assert [r.question for r in records][-1] == "q3"
+    assert records[-1].responses == ["ok"] and records[-1].category == ""
+    assert dict(report.skipped) == {"malformed_json": 1, "not_an_object": 1, "missing_question": 1,
+                                    "responses_not_list": 1, "no_responses": 1, "missing_responses": 1}
+    assert report.skipped_lines["malformed_json"] == [4]
+    assert report.skipped_lines["missing_responses"] == [10]
+    assert report.responses_skipped["not_a_string"] == 3
+    assert report.category_missing == 1
+
+
+def test_invalid_utf8_line_is_counted(tmp_path, qa_records):
+    path = write_jsonl(tmp_path / "qa.jsonl", qa_records)
+    path.write_bytes(path.read_bytes() + b'{"question": "\xff\xfe", "responses": ["x"]}\n')
+    report = ReadReport()
+    assert len(list(read_qa_jsonl(path, report))) == 3
+    assert report.skipped["invalid_utf8"] == 1
+
+
+def test_pairs_are_normalized(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [
+        {"question": "  Что&nbsp;такое  &quot;ёлка&quot;? ", "category": "Юмор", "responses": ["строка<br>вторая"]}])
+    df = read_pairs(path, ReadReport(), lowercase=True, yo_to_e=True)
+    assert df["question"].to_list() == ['что такое "елка"?']
+    assert df["answer"].to_list() == ["строка вторая"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "not found"),
+    (lambda p: (p.write_bytes(b""), p)[1], "empty"),
+    (lambda p: (p.write_text("\n\n  \n"), p)[1], "no records"),
+])
+def test_fatal_plain_file_problems(tmp_path, make, message):
+    path = make(tmp_path / "qa.jsonl")
+    with pytest.raises(InputError, match=message) as err:
+        list(read_qa_jsonl(path, ReadReport()))
+    assert str(path) in str(err.value)
+
+
+def test_corrupt_zip_is_fatal(tmp_path):
+    path = tmp_path / "qa.jsonl.zip"
+    path.write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(InputError, match="not a valid zip"):
+        list(read_qa_jsonl(path, ReadReport()))
+
+
+def test_zip_without_jsonl_member_is_fatal(tmp_path):
+    path = tmp_path / "qa.jsonl.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "nothing here")
+    with pytest.raises(InputError, match="no .jsonl member.*readme.txt"):
+        list(read_qa_jsonl(path, ReadReport()))
+
+
+def test_truncated_gzip_is_fatal(tmp_path, qa_records):
+    path = write_jsonl(tmp_path / "qa.jsonl.gz", qa_records * 50)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        list(read_qa_jsonl(path, ReadReport()))
