@@ -6,7 +6,7 @@ import polars as pl
 import typer
 
 from chitchat.data.dedup import DedupConfig, dedup_pairs
-from chitchat.io import atomic_path, load_params, section, write_json
+from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -21,7 +21,7 @@ def main(
 ) -> None:
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
-        cfg = DedupConfig.from_params(section(load_params(params), "dedup", params))
+        cfg = config_from(DedupConfig, section(load_params(params), "dedup", params), "dedup")
         kept, report = dedup_pairs(pl.read_parquet(pairs), cfg)
         with atomic_path(out) as tmp:
             kept.write_parquet(tmp)

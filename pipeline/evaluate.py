@@ -8,7 +8,7 @@ import typer
 
 from chitchat.checkpoint import load_checkpoint
 from chitchat.evaluation import EvalConfig, evaluate_model, examples_markdown
-from chitchat.io import load_params, section, write_json, write_text
+from chitchat.io import config_from, load_params, section, write_json, write_text
 from chitchat.stage import stage_errors
 from chitchat.tokenizer import Tokenizer
 
@@ -25,7 +25,7 @@ def main(
 ) -> None:
     """Score the model; answers come from greedy decoding."""
     with stage_errors("evaluate"):
-        cfg = EvalConfig.from_params(section(load_params(params), "evaluate", params))
+        cfg = config_from(EvalConfig, section(load_params(params), "evaluate", params), "evaluate")
         torch.use_deterministic_algorithms(True)
         model, ckpt = load_checkpoint(model_dir, "cpu")
         tok = Tokenizer.load(model_dir / ckpt["tokenizer_dir"])

@@ -8,10 +8,11 @@ from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.pairs import read_pairs
 from chitchat.data.readers import ReadReport
 from chitchat.errors import InputError
-from chitchat.io import atomic_path, load_params, section, write_json
+from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
+READER_PARAMS = ("input", "lowercase", "yo_to_e", "missing_category")
 
 
 @app.command()
@@ -27,7 +28,7 @@ def main(
         report = ReadReport()
         pairs = read_pairs(source, report, p.get("lowercase", False), p.get("yo_to_e", False),
                            p.get("missing_category", "Без категории"))
-        kept, dropped = apply_filters(pairs, FilterConfig.from_params(p))
+        kept, dropped = apply_filters(pairs, config_from(FilterConfig, p, "prepare", ignore=READER_PARAMS))
         if kept.height == 0:
             raise InputError(source, f"no pairs left after filtering ({pairs.height} read)")
         with atomic_path(out) as tmp:

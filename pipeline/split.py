@@ -6,7 +6,7 @@ import polars as pl
 import typer
 
 from chitchat.data.split import SPLITS, SplitConfig, split_pairs
-from chitchat.io import atomic_path, load_params, section, write_json
+from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -21,7 +21,7 @@ def main(
 ) -> None:
     """Split so that no question appears in two splits."""
     with stage_errors("split"):
-        cfg = SplitConfig.from_params(section(load_params(params), "split", params))
+        cfg = config_from(SplitConfig, section(load_params(params), "split", params), "split")
         frames, report = split_pairs(pl.read_parquet(pairs), cfg, str(pairs))
         for name in SPLITS:
             with atomic_path(out_dir / f"{name}.parquet") as tmp:

@@ -8,7 +8,7 @@ import typer
 from dvclive import Live
 
 from chitchat.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from chitchat.io import atomic_dir, load_params, section, write_json
+from chitchat.io import atomic_dir, config_from, load_params, section, write_json
 from chitchat.models import ModelConfig, build_model
 from chitchat.stage import progress_bar, stage_errors
 from chitchat.tokenizer import Tokenizer
@@ -30,10 +30,10 @@ def main(
     """Train with teacher forcing; log losses per step; save the best checkpoint."""
     with stage_errors("train"):
         all_params = load_params(params)
-        tcfg = TrainConfig.from_params(section(all_params, "train", params))
+        tcfg = config_from(TrainConfig, section(all_params, "train", params), "train")
         tok = Tokenizer.load(tokenizer_dir)
-        mcfg = ModelConfig.from_params(section(all_params, "model", params),
-                                       vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+        mcfg = config_from(ModelConfig, section(all_params, "model", params), "model",
+                           vocab_size=tok.vocab_size, pad_id=tok.pad_id)
         device = resolve_device(tcfg.device)
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True)

@@ -108,3 +108,12 @@ def test_split_falls_back_when_categories_are_too_small():
 def test_split_too_few_questions_is_an_input_error():
     with pytest.raises(InputError, match="too few"):
         split_pairs(pairs([("q", "c", "a"), ("q", "c", "b")]), SplitConfig())
+
+
+def test_a_misspelled_param_stops_the_stage():
+    from chitchat.io import config_from
+
+    with pytest.raises(ValueError, match="unknown dedup params: max_per_questoin"):
+        config_from(DedupConfig, {"max_per_questoin": 3}, "dedup")
+    assert config_from(FilterConfig, {"input": "x.zip", "max_answer_words": 3}, "prepare",
+                       ignore=("input",)).max_answer_words == 3

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from chitchat.io import config_from
 from chitchat.checkpoint import load_checkpoint, save_checkpoint
 from chitchat.models import ModelConfig, build_model
 from chitchat.training.loop import target_nll
@@ -103,4 +104,4 @@ def test_bad_config_is_rejected(bad, message):
 
 def test_unknown_model_param_is_rejected():
     with pytest.raises(ValueError, match="unknown model params: hiden_dim"):
-        ModelConfig.from_params({"hiden_dim": 3})
+        config_from(ModelConfig, {"hiden_dim": 3}, "model")

@@ -1,4 +1,3 @@
-import gzip
 import zipfile
 
 import pytest

@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+from chitchat.io import config_from
 from chitchat.models import ModelConfig, build_model
 from chitchat.training.batching import Example, collate, token_budget_batches
 from chitchat.training.loop import TrainConfig, backward_window, lr_factor, train
@@ -103,4 +104,4 @@ def test_early_stopping_stops():
 
 def test_unknown_train_param_is_rejected():
     with pytest.raises(ValueError, match="unknown train params: lr_rate"):
-        TrainConfig.from_params({"lr_rate": 1})
+        config_from(TrainConfig, {"lr_rate": 1}, "train")

@@ -14,7 +14,7 @@ from chitchat import metrics as M
 from chitchat.decoding import greedy
 from chitchat.models.base import Seq2Seq
 from chitchat.tokenizer import Tokenizer
-from chitchat.training.batching import collate, encode_pairs, token_budget_batches
+from chitchat.training.batching import collate, encode_pairs
 from chitchat.training.loop import corpus_nll
 
 
@@ -24,14 +24,6 @@ class EvalConfig:
     max_new_tokens: int = 40  # longest generated answer in tokens
     num_examples: int = 30  # rows in the examples table
     seed: int = 7  # picks the example rows
-
-    @classmethod
-    def from_params(cls, params: dict) -> "EvalConfig":
-        names = cls.__dataclass_fields__
-        unknown = sorted(set(params) - set(names))
-        if unknown:
-            raise ValueError(f"unknown evaluate params: {', '.join(unknown)}")
-        return cls(**params)
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import fields
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
@@ -87,3 +88,16 @@ def section(params: dict[str, Any], name: str, path: str | os.PathLike = "params
     if not isinstance(value, dict):
         raise InputError(path, f"missing section '{name}'")
     return value
+
+
+T = TypeVar("T")
+
+
+def config_from(cls: type[T], params: dict, name: str, ignore: tuple[str, ...] = (), **filled: Any) -> T:
+    """Build dataclass `cls` from a params section; unknown keys are a ValueError, so a typo in
+    params.yaml (or in `dvc exp run -S`) stops the stage instead of silently using a default."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - known - set(ignore))
+    if unknown:
+        raise ValueError(f"unknown {name} params: {', '.join(unknown)}")
+    return cls(**{k: v for k, v in params.items() if k in known}, **filled)

@@ -19,11 +19,6 @@ class DedupConfig:
     answer_equals_question: bool = True  # drop pairs whose answer is the question again
     max_per_question: int = 0  # keep at most this many answers per identical question; 0 = all
 
-    @classmethod
-    def from_params(cls, params: dict) -> "DedupConfig":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in params.items() if k in names})
-
 
 @dataclass
 class DedupReport:

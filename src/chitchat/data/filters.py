@@ -31,11 +31,6 @@ class FilterConfig:
     drop_link_only: bool = True
     categories: list[str] = field(default_factory=list)
 
-    @classmethod
-    def from_params(cls, params: dict) -> "FilterConfig":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in params.items() if k in names})
-
 
 def _bounds(rules: list, column: str, measure: pl.Expr, lo: int, hi: int, unit: str) -> None:
     rules.append((measure < lo, f"{column}_too_short_{unit}"))

@@ -26,11 +26,6 @@ class SplitConfig:
     seed: int = 13
     stratify: bool = True
 
-    @classmethod
-    def from_params(cls, params: dict) -> "SplitConfig":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in params.items() if k in names})
-
 
 def _merge_rare(strata: list[str], minimum: int) -> list[str]:
     counts = Counter(strata)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from chitchat.models.attention import ATTENTION_KINDS
 
@@ -33,14 +33,6 @@ class ModelConfig:
         if self.layers < 1 or not 0 <= self.dropout < 1:
             raise ValueError("model.layers must be >= 1 and model.dropout in [0, 1)")
 
-    @classmethod
-    def from_params(cls, params: dict, **filled) -> "ModelConfig":
-        """Build from the `model` section; unknown keys are an error (a typo must not pass)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown model params: {', '.join(unknown)}")
-        return cls(**{**params, **filled})
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -8,7 +8,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -37,16 +37,11 @@ class TrainConfig:
     max_tgt_len: int = 48  # tokens of bos + answer + eos
     max_minutes: float = 0  # wall-clock budget; 0 means none (a budget makes runs non-deterministic)
 
-    @classmethod
-    def from_params(cls, params: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown train params: {', '.join(unknown)}")
-        cfg = cls(**params)
-        if cfg.schedule not in ("constant", "cosine", "inverse_sqrt"):
-            raise ValueError(f"train.schedule must be constant, cosine or inverse_sqrt, got {cfg.schedule!r}")
-        return cfg
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine", "inverse_sqrt"):
+            raise ValueError(f"train.schedule must be constant, cosine or inverse_sqrt, got {self.schedule!r}")
+        if self.accum_steps < 1 or self.eval_every < 1 or self.max_tokens < 1:
+            raise ValueError("train.accum_steps, train.eval_every and train.max_tokens must be >= 1")
 
 
 @dataclass
