@@ -26,6 +26,8 @@ def main(
     out_dir: Path = typer.Option(Path("data/model"), help="model folder (checkpoint + tokenizer)"),
     metrics: Path = typer.Option(Path("metrics/train.json"), help="training summary"),
     live_dir: Path = typer.Option(Path("metrics/live"), help="dvclive curves"),
+    resume_file: Path = typer.Option(Path("data/resume/train.pt"),
+                                     help="training state saved every train.checkpoint_every steps"),
 ) -> None:
     """Train with teacher forcing; log losses per step; save the best checkpoint."""
     with stage_errors("train"):
@@ -39,8 +41,13 @@ def main(
             torch.use_deterministic_algorithms(True)
         seed_everything(tcfg.seed)
         model = build_model(mcfg)
-        train_ex = encode_pairs(pl.read_parquet(split_dir / "train.parquet"), tok, tcfg.max_src_len, tcfg.max_tgt_len)
-        valid_ex = encode_pairs(pl.read_parquet(split_dir / "valid.parquet"), tok, tcfg.max_src_len, tcfg.max_tgt_len)
+        if mcfg.type in ("cnn", "transformer") and max(tcfg.max_src_len, tcfg.max_tgt_len) > mcfg.max_len:
+            raise ValueError("train.max_src_len and train.max_tgt_len must not exceed model.max_len")
+        train_ex, valid_ex = (
+            encode_pairs(pl.read_parquet(split_dir / f"{name}.parquet"), tok, tcfg.max_src_len,
+                         tcfg.max_tgt_len, mcfg.condition)
+            for name in ("train", "valid")
+        )
 
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
 
@@ -56,7 +63,8 @@ def main(
                 info = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "train/lr")
                 bar.update(task, completed=step, total=total, info=info)
 
-            result = train(model, train_ex, valid_ex, tcfg, tok.pad_id, device, log, progress)
+            # Outside every DVC output: DVC deletes a stage's outputs before it runs again.
+            result = train(model, train_ex, valid_ex, tcfg, tok.pad_id, device, log, progress, resume_file)
         live.make_summary()
         live.end()
 

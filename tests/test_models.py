@@ -12,7 +12,12 @@ VARIANTS = [
     dict(type="gru", attention="additive", layers=2, residual=True, layer_norm=True),
     dict(type="lstm", attention="dot", bidirectional=False),
     dict(type="lstm", attention="none", layers=2),
+    dict(type="cnn", layers=2),
+    dict(type="cnn", kernel_size=5, layer_norm=True),
+    dict(type="transformer", layers=2),
+    dict(type="transformer", positions="learned", tie_embeddings=False, heads=2),
 ]
+IDS = [f"{v['type']}-{i}" for i, v in enumerate(VARIANTS)]
 
 
 def make(variant, dropout=0.0):
@@ -29,14 +34,14 @@ def batch():
     return src, tgt
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_output_shape(variant):
     model, _ = make(variant)
     src, tgt = batch()
     assert model(src, tgt).shape == (3, 6, VOCAB)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_padding_does_not_change_real_positions(variant):
     model, _ = make(variant)
     src, tgt = batch()
@@ -44,7 +49,7 @@ def test_padding_does_not_change_real_positions(variant):
     assert torch.allclose(model(src, tgt), model(longer, tgt), atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_decoder_cannot_see_the_future(variant):
     model, _ = make(variant)
     src, tgt = batch()
@@ -55,7 +60,7 @@ def test_decoder_cannot_see_the_future(variant):
     assert not torch.allclose(a[:, 4:], b[:, 4:])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_incremental_decoding_equals_full(variant):
     model, _ = make(variant)
     src, tgt = batch()
@@ -68,7 +73,7 @@ def test_incremental_decoding_equals_full(variant):
     assert torch.allclose(torch.stack(steps, 1), model(src, tgt), atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_loss_falls_on_a_tiny_batch(variant):
     model, _ = make(variant)
     model.train()
@@ -84,8 +89,9 @@ def test_loss_falls_on_a_tiny_batch(variant):
     assert losses[-1] < 0.3 * losses[0]
 
 
-def test_save_load_gives_identical_logits(tmp_path):
-    model, cfg = make(VARIANTS[1])
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_save_load_gives_identical_logits(tmp_path, variant):
+    model, cfg = make(variant)
     src, tgt = batch()
     save_checkpoint(tmp_path / "model.pt", model, cfg, tokenizer_dir="tokenizer")
     loaded, ckpt = load_checkpoint(tmp_path)
@@ -95,7 +101,8 @@ def test_save_load_gives_identical_logits(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(type="bert"), "model.type"), (dict(attention="cosine"), "model.attention"),
-    (dict(hidden_dim=33), "even"),
+    (dict(hidden_dim=33), "even"), (dict(type="transformer", emb_dim=30, heads=4), "divisible"),
+    (dict(type="cnn", kernel_size=4), "odd"), (dict(positions="rotary"), "model.positions"),
 ])
 def test_bad_config_is_rejected(bad, message):
     with pytest.raises(ValueError, match=message):

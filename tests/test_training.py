@@ -105,3 +105,74 @@ def test_early_stopping_stops():
 def test_unknown_train_param_is_rejected():
     with pytest.raises(ValueError, match="unknown train params: lr_rate"):
         config_from(TrainConfig, {"lr_rate": 1}, "train")
+
+
+def copy_examples(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        q = [rng.randrange(5, 12) for _ in range(rng.randint(1, 7))]
+        out.append(Example([5] + q + [EOS], [BOS] + q + [EOS]))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "cnn", "transformer"])
+def test_every_type_learns_a_copy_task(kind):
+    """The annotated-transformer check: can it learn at all (and is nothing masked wrongly)."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(type=kind, vocab_size=VOCAB, pad_id=PAD, emb_dim=32, hidden_dim=64,
+                                dropout=0.0, layers=1 if kind in ("gru", "lstm") else 2))
+    cfg = TrainConfig(epochs=25, max_tokens=256, lr=5e-3, warmup_steps=10, eval_every=10, patience=0)
+    logged = []
+    train(m, copy_examples(200, 0), copy_examples(40, 1), cfg, PAD, torch.device("cpu"),
+          log=lambda s, v: logged.append(v))
+    losses = [v["valid/loss"] for v in logged if "valid/loss" in v]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_with_the_same_curve_and_weights(tmp_path):
+    data, valid = examples(120, 0), examples(30, 1)
+    cfg = TrainConfig(epochs=4, max_tokens=128, lr=5e-3, warmup_steps=3, eval_every=4, patience=0,
+                      checkpoint_every=5, accum_steps=2)
+    full_log = []
+    reference = model(dropout=0.2)  # dropout: the RNG state must be restored too
+    train(reference, data, valid, cfg, PAD, torch.device("cpu"), log=lambda s, v: full_log.append((s, v)))
+
+    resume = tmp_path / "resume.pt"
+
+    def kill_at_step_12(step, values):
+        if step == 12:
+            raise Killed  # like kill -9 after step 12: the last checkpoint is from step 10
+
+    with pytest.raises(Killed):
+        train(model(dropout=0.2), data, valid, cfg, PAD, torch.device("cpu"), log=kill_at_step_12, resume_path=resume)
+    assert resume.exists()
+
+    resumed_log = []
+    resumed = model(dropout=0.2)
+    result = train(resumed, data, valid, cfg, PAD, torch.device("cpu"), log=lambda s, v: resumed_log.append((s, v)),
+                   resume_path=resume)
+    assert resumed_log == full_log
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
+    assert result.steps == full_log[-1][0] and not resume.exists()
+
+
+def test_a_resume_file_from_other_params_is_ignored(tmp_path):
+    data = examples(60)
+    resume = tmp_path / "resume.pt"
+    cfg = TrainConfig(epochs=1, max_tokens=128, eval_every=100, checkpoint_every=1)
+
+    def stop(step, values):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(model(), data, data, cfg, PAD, torch.device("cpu"), log=stop, resume_path=resume)
+    other = TrainConfig(epochs=1, max_tokens=128, eval_every=100, checkpoint_every=1, lr=1e-4)
+    steps = []
+    train(model(), data, data, other, PAD, torch.device("cpu"), log=lambda s, v: steps.append(s), resume_path=resume)
+    assert steps[0] == 1  # started afresh

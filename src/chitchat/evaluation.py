@@ -31,7 +31,7 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
                      max_src_len: int, max_new_tokens: int, batch_size: int, device) -> list[str]:
     """Greedy answers, decoded to text, in the order of `questions`."""
     frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories})
-    examples = encode_pairs(frame, tok, max_src_len, 2)
+    examples = encode_pairs(frame, tok, max_src_len, 2, model.cfg.condition)
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
         src, _ = collate(examples[start : start + batch_size], tok.pad_id)
@@ -43,7 +43,7 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
 def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_len: int,
                    max_tgt_len: int, cfg: EvalConfig, device) -> tuple[dict, pl.DataFrame]:
     """Return (metrics, one row per pair with the generated answer)."""
-    examples = encode_pairs(pairs, tok, max_src_len, max_tgt_len)
+    examples = encode_pairs(pairs, tok, max_src_len, max_tgt_len, model.cfg.condition)
     nll, n_tokens = corpus_nll(model, examples, tok.pad_id, 4096, device)
     # Words of each reference as the model saw it (after truncation) plus its end of sentence, the
     # word-level convention: the EOS token's NLL is in the numerator, so it counts as a word.

@@ -2,14 +2,18 @@
 
 from chitchat.models.base import Encoded, Seq2Seq
 from chitchat.models.config import MODEL_TYPES, ModelConfig
+from chitchat.models.cnn import ConvSeq2Seq
 from chitchat.models.rnn import RNNSeq2Seq
+from chitchat.models.transformer import TransformerSeq2Seq
+
+MODELS = {"gru": RNNSeq2Seq, "lstm": RNNSeq2Seq, "cnn": ConvSeq2Seq, "transformer": TransformerSeq2Seq}
 
 
 def build_model(cfg: ModelConfig) -> Seq2Seq:
     """The model for `cfg.type`; every type implements the Seq2Seq interface."""
-    if cfg.type in ("gru", "lstm"):
-        return RNNSeq2Seq(cfg)
-    raise ValueError(f"model.type must be one of {MODEL_TYPES}, got {cfg.type!r}")
+    if cfg.type not in MODELS:
+        raise ValueError(f"model.type must be one of {MODEL_TYPES}, got {cfg.type!r}")
+    return MODELS[cfg.type](cfg)
 
 
 __all__ = ["Encoded", "ModelConfig", "MODEL_TYPES", "Seq2Seq", "build_model"]

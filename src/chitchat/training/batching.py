@@ -27,13 +27,19 @@ class Example:
     tgt: list[int]
 
 
-def encode_pairs(df: pl.DataFrame, tok: Tokenizer, max_src_len: int, max_tgt_len: int) -> list[Example]:
-    """Encode a pairs table; questions and answers are cut to fit the length limits."""
+def encode_pairs(df: pl.DataFrame, tok: Tokenizer, max_src_len: int, max_tgt_len: int,
+                 condition: bool = True) -> list[Example]:
+    """Encode a pairs table; questions and answers are cut to fit the length limits.
+
+    Without `condition` every source starts with the same unknown-category token, so the model
+    cannot tell categories apart (the baseline for measuring what conditioning adds).
+    """
     questions = tok.encode_batch(df["question"].to_list())
     answers = tok.encode_batch(df["answer"].to_list())
+    lead = tok.category_id if condition else (lambda _: tok.unknown_category_id)
     return [
         Example(
-            [tok.category_id(cat)] + q[: max_src_len - 2] + [tok.eos_id],
+            [lead(cat)] + q[: max_src_len - 2] + [tok.eos_id],
             [tok.bos_id] + a[: max_tgt_len - 2] + [tok.eos_id],
         )
         for q, a, cat in zip(questions, answers, df["category"].to_list())

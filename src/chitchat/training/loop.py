@@ -5,15 +5,19 @@ of the whole window, AdamW, clipping, warmup + decay, periodic validation, early
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from chitchat.io import atomic_path
 from chitchat.models.base import Seq2Seq
 from chitchat.training.batching import Example, collate, token_budget_batches
 
@@ -36,6 +40,7 @@ class TrainConfig:
     max_src_len: int = 48  # tokens of category + question + eos
     max_tgt_len: int = 48  # tokens of bos + answer + eos
     max_minutes: float = 0  # wall-clock budget; 0 means none (a budget makes runs non-deterministic)
+    checkpoint_every: int = 0  # steps between resume checkpoints; 0 = no resume
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "inverse_sqrt"):
@@ -124,13 +129,69 @@ def backward_window(model: Seq2Seq, window: Sequence[tuple[torch.Tensor, torch.T
     return nll_sum, n_tokens
 
 
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run needs to go on exactly."""
+
+    epoch: int = 0
+    window: int = 0  # index of the next batch in this epoch's batch list
+    step: int = 0
+    tokens: int = 0
+    train_loss: float = math.nan
+    best_loss: float = math.inf
+    best_step: int = 0
+    best_state: dict | None = None
+    bad_evals: int = 0
+    history: list = field(default_factory=list)  # (step, values) already logged, replayed on resume
+
+
+def fingerprint(model: Seq2Seq, train_ex: Sequence[Example], cfg: TrainConfig) -> str:
+    """Identifies a run: a resume file from other params or data is ignored, never mixed in."""
+    run = {k: v for k, v in vars(cfg).items() if k != "max_minutes"}
+    data = [len(train_ex), sum(len(e.src) + len(e.tgt) for e in train_ex), train_ex[0] if train_ex else None]
+    text = json.dumps([run, getattr(model, "cfg", None).__repr__(), repr(data)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_resume(path: Path, fp: str, model, opt, sched, state: TrainState) -> None:
+    blob = {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "state": vars(state), "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_resume(path: Path | None, fp: str, model, opt, sched) -> TrainState | None:
+    """Restore a run killed mid-way, if `path` holds one with the same fingerprint."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a damaged resume file only costs the restart
+        return None
+    if blob.get("fingerprint") != fp:
+        return None
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    random.setstate(blob["python_rng"])
+    if blob["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    return TrainState(**blob["state"])
+
+
 def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Example], cfg: TrainConfig,
           pad_id: int, device: torch.device, log: Callable[[int, dict], None] | None = None,
-          progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int, dict], None] | None = None,
+          resume_path: Path | None = None) -> TrainResult:
     """Train in place; on return the model holds the weights of the best validation loss.
 
     `log(step, values)` receives train and validation losses (for dvclive); `progress(step,
-    total, values)` drives a progress bar.
+    total, values)` drives a progress bar. With `resume_path` and `cfg.checkpoint_every`, the full
+    training state is saved there every so many steps, and a run started again with the same
+    params and data continues from it (the logged history is replayed to `log` first).
     """
     seed_everything(cfg.seed)
     model.to(device).train()
@@ -138,59 +199,71 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
     steps_per_epoch = math.ceil(len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed)) / cfg.accum_steps)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, total_steps))
+    fp = fingerprint(model, train_ex, cfg)
+    st = load_resume(resume_path, fp, model, opt, sched) or TrainState()
+    for past_step, past_values in st.history:
+        if log:
+            log(past_step, past_values)
 
     def validate() -> float:
         nll, n = corpus_nll(model, valid_ex, pad_id, cfg.max_tokens, device)
         return nll / max(1, n)
 
-    best_loss, best_step, best_state = math.inf, 0, None
-    bad_evals, step, tokens, train_loss = 0, 0, 0, math.nan
+    def record(values: dict) -> None:
+        st.history.append((st.step, values))
+        if log:
+            log(st.step, values)
+
     stopped_early = stopped_by_time = False
     start = time.perf_counter()
+    tokens_at_start = st.tokens
     deadline = start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
 
-    for epoch in range(cfg.epochs):
-        batches = token_budget_batches(train_ex, cfg.max_tokens, cfg.seed + epoch)
-        for w in range(0, len(batches), cfg.accum_steps):
-            window = [collate([train_ex[i] for i in b], pad_id) for b in batches[w : w + cfg.accum_steps]]
+    while st.epoch < cfg.epochs and not (stopped_early or stopped_by_time):
+        batches = token_budget_batches(train_ex, cfg.max_tokens, cfg.seed + st.epoch)
+        while st.window < len(batches):
+            window = [collate([train_ex[i] for i in b], pad_id) for b in batches[st.window : st.window + cfg.accum_steps]]
             nll_sum, n_tokens = backward_window(model, window, pad_id, cfg.label_smoothing, device)
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            step += 1
-            tokens += n_tokens
-            train_loss = nll_sum / n_tokens
-            values = {"train/loss": train_loss, "train/lr": sched.get_last_lr()[0]}
+            st.window += cfg.accum_steps
+            st.step += 1
+            st.tokens += n_tokens
+            st.train_loss = nll_sum / n_tokens
+            values = {"train/loss": st.train_loss, "train/lr": sched.get_last_lr()[0]}
             out_of_time = time.perf_counter() > deadline
-            if step % cfg.eval_every == 0 or out_of_time:
+            if st.step % cfg.eval_every == 0 or out_of_time:
                 values["valid/loss"] = val = validate()
-                if val < best_loss:
-                    best_loss, best_step, bad_evals = val, step, 0
-                    best_state = copy.deepcopy(model.state_dict())
+                if val < st.best_loss:
+                    st.best_loss, st.best_step, st.bad_evals = val, st.step, 0
+                    st.best_state = copy.deepcopy(model.state_dict())
                 else:
-                    bad_evals += 1
-            if log:
-                log(step, values)
+                    st.bad_evals += 1
+            record(values)
             if progress:
-                progress(step, total_steps, {**values, "tok/s": tokens / (time.perf_counter() - start)})
-            if cfg.patience and bad_evals >= cfg.patience:
-                stopped_early = True
+                speed = (st.tokens - tokens_at_start) / (time.perf_counter() - start)
+                progress(st.step, total_steps, {**values, "tok/s": speed})
+            stopped_early = bool(cfg.patience and st.bad_evals >= cfg.patience)
             stopped_by_time = out_of_time
             if stopped_early or stopped_by_time:
                 break
-        if stopped_early or stopped_by_time:
-            break
+            if resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                save_resume(resume_path, fp, model, opt, sched, st)
+        else:
+            st.epoch, st.window = st.epoch + 1, 0
 
-    if step % cfg.eval_every != 0 and not stopped_by_time:  # the last steps were never validated
+    if st.step % cfg.eval_every != 0 and not stopped_by_time:  # the last steps were never validated
         val = validate()
-        if log:
-            log(step, {"valid/loss": val})
-        if val < best_loss:
-            best_loss, best_step, best_state = val, step, copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        record({"valid/loss": val})
+        if val < st.best_loss:
+            st.best_loss, st.best_step, st.best_state = val, st.step, copy.deepcopy(model.state_dict())
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
+    if resume_path is not None and resume_path.exists():
+        resume_path.unlink()  # finished: a later run must start afresh
     seconds = time.perf_counter() - start
-    return TrainResult(step, round(step / max(1, steps_per_epoch), 3), best_step, best_loss, train_loss,
-                       tokens, seconds, stopped_early, stopped_by_time)
+    return TrainResult(st.step, round(st.step / max(1, steps_per_epoch), 3), st.best_step, st.best_loss,
+                       st.train_loss, st.tokens - tokens_at_start, seconds, stopped_early, stopped_by_time)
