@@ -13,7 +13,8 @@ from chitchat.models import ModelConfig, build_model
 from chitchat.stage import progress_bar, stage_errors
 from chitchat.tokenizer import Tokenizer
 from chitchat.training.batching import encode_pairs
-from chitchat.training.loop import TrainConfig, resolve_device, seed_everything, train
+from chitchat.training import distributed
+from chitchat.training.loop import TrainConfig, seed_everything, train
 
 app = typer.Typer(add_completion=False)
 
@@ -29,45 +30,35 @@ def main(
     resume_file: Path = typer.Option(Path("data/resume/train.pt"),
                                      help="training state saved every train.checkpoint_every steps"),
 ) -> None:
-    """Train with teacher forcing; log losses per step; save the best checkpoint."""
+    """Train with teacher forcing; log losses per step; save the best checkpoint.
+
+    Under `torchrun --nproc_per_node=N` every process trains on its share of each step's batches
+    (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0 writes the outputs.
+    """
     with stage_errors("train"):
         all_params = load_params(params)
         tcfg = config_from(TrainConfig, section(all_params, "train", params), "train")
         tok = Tokenizer.load(tokenizer_dir)
         mcfg = config_from(ModelConfig, section(all_params, "model", params), "model",
                            vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-        device = resolve_device(tcfg.device)
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
-        seed_everything(tcfg.seed)
-        model = build_model(mcfg)
         if mcfg.type in ("cnn", "transformer") and max(tcfg.max_src_len, tcfg.max_tgt_len) > mcfg.max_len:
             raise ValueError("train.max_src_len and train.max_tgt_len must not exceed model.max_len")
-        train_ex, valid_ex = (
-            encode_pairs(pl.read_parquet(split_dir / f"{name}.parquet"), tok, tcfg.max_src_len,
-                         tcfg.max_tgt_len, mcfg.condition)
-            for name in ("train", "valid")
-        )
-
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-
-        def log(step: int, values: dict) -> None:
-            live.step = step
-            for name, value in values.items():
-                live.log_metric(name, value)
-
-        with progress_bar() as bar:
-            task = bar.add_task(f"train {mcfg.type}", total=None, info="")
-
-            def progress(step: int, total: int, values: dict) -> None:
-                info = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "train/lr")
-                bar.update(task, completed=step, total=total, info=info)
-
-            # Outside every DVC output: DVC deletes a stage's outputs before it runs again.
-            result = train(model, train_ex, valid_ex, tcfg, tok.pad_id, device, log, progress, resume_file)
-        live.make_summary()
-        live.end()
-
+        ctx, device = distributed.setup(tcfg.device)
+        try:
+            if device.type == "cpu":
+                torch.use_deterministic_algorithms(True)
+            seed_everything(tcfg.seed)
+            model = build_model(mcfg)
+            train_ex, valid_ex = (
+                encode_pairs(pl.read_parquet(split_dir / f"{name}.parquet"), tok, tcfg.max_src_len,
+                             tcfg.max_tgt_len, mcfg.condition)
+                for name in ("train", "valid")
+            )
+            result = fit(model, train_ex, valid_ex, tcfg, tok.pad_id, device, ctx, live_dir, resume_file)
+        finally:
+            distributed.teardown()
+        if not ctx.is_main:
+            return
         with atomic_dir(out_dir) as tmp:
             tok.save(tmp / "tokenizer")
             save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir="tokenizer",
@@ -78,6 +69,7 @@ def main(
             "model_type": mcfg.type,
             "parameters": model.num_parameters(),
             "device": device.type,
+            "processes": ctx.world,
             "steps": result.steps,
             "epochs": result.epochs,
             "best_step": result.best_step,
@@ -91,6 +83,34 @@ def main(
             "stopped_by_time": result.stopped_by_time,
         })
         typer.echo(f"train: best valid loss {result.best_valid_loss:.4f} at step {result.best_step}", err=True)
+
+
+def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: distributed.DistContext,
+        live_dir: Path, resume_file: Path):
+    """Run the loop with dvclive curves and a progress bar on rank 0 only."""
+    if not ctx.is_main:
+        return train(model, train_ex, valid_ex, tcfg, pad_id, device, resume_path=resume_file,
+                     rank=ctx.rank, world=ctx.world)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def log(step: int, values: dict) -> None:
+        live.step = step
+        for name, value in values.items():
+            live.log_metric(name, value)
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"train {model.cfg.type}", total=None, info="")
+
+        def progress(step: int, total: int, values: dict) -> None:
+            info = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "train/lr")
+            bar.update(task, completed=step, total=total, info=info)
+
+        # The resume file lies outside every DVC output: DVC deletes outputs before a stage runs.
+        result = train(model, train_ex, valid_ex, tcfg, pad_id, device, log, progress, resume_file,
+                       rank=ctx.rank, world=ctx.world)
+    live.make_summary()
+    live.end()
+    return result
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ of the whole window, AdamW, clipping, warmup + decay, periodic validation, early
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -110,23 +111,49 @@ def corpus_nll(model: Seq2Seq, examples: Sequence[Example], pad_id: int, max_tok
     return total, count
 
 
-def backward_window(model: Seq2Seq, window: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
-                    smoothing: float, device: torch.device) -> tuple[float, int]:
+def backward_window(model, window: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
+                    smoothing: float, device: torch.device, rank: int = 0, world: int = 1) -> tuple[float, int]:
     """Accumulate gradients of one optimizer step's micro-batches; return (NLL sum, target tokens).
 
     The loss is normalized by the target tokens of the whole window, not averaged per micro-batch,
-    so the gradient equals that of one big batch whatever the split.
+    so the gradient equals that of one big batch whatever the split. Under DDP (`world` > 1,
+    `model` wrapped) this rank trains on window[rank::world]; gradients are averaged across ranks,
+    hence the factor `world`. The NLL sum is this rank's share.
     """
     n_tokens = sum(int((tgt[:, 1:] != pad_id).sum()) for _, tgt in window)
+    share = list(window[rank::world])
+    scale = float(world)
+    if not share:  # every rank must run a backward for DDP's all-reduce: one that adds nothing
+        share, scale = [window[0]], 0.0
     nll_sum = 0.0
-    for src, tgt in window:
+    for i, (src, tgt) in enumerate(share):
         src, tgt = src.to(device), tgt.to(device)
-        logits = model(src, tgt[:, :-1])
-        loss = target_nll(logits, tgt[:, 1:], pad_id, smoothing)
-        (loss / n_tokens).backward()
-        nll = loss if smoothing == 0 else target_nll(logits.detach(), tgt[:, 1:], pad_id)
-        nll_sum += nll.item()
+        sync = i == len(share) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            logits = model(src, tgt[:, :-1])
+            loss = target_nll(logits, tgt[:, 1:], pad_id, smoothing)
+            (loss * (scale / n_tokens)).backward()
+        if scale:
+            nll = loss if smoothing == 0 else target_nll(logits.detach(), tgt[:, 1:], pad_id)
+            nll_sum += nll.item()
     return nll_sum, n_tokens
+
+
+def broadcast(value: float, src: int, world: int, device: torch.device) -> float:
+    """Rank `src`'s value on every rank, so decisions like early stopping agree."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, src)
+    return float(t.item())
+
+
+def all_sum(value: float, world: int, device: torch.device) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
 
 
 @dataclass
@@ -185,29 +212,45 @@ def load_resume(path: Path | None, fp: str, model, opt, sched) -> TrainState | N
 def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Example], cfg: TrainConfig,
           pad_id: int, device: torch.device, log: Callable[[int, dict], None] | None = None,
           progress: Callable[[int, int, dict], None] | None = None,
-          resume_path: Path | None = None) -> TrainResult:
+          resume_path: Path | None = None, rank: int = 0, world: int = 1) -> TrainResult:
     """Train in place; on return the model holds the weights of the best validation loss.
 
     `log(step, values)` receives train and validation losses (for dvclive); `progress(step,
     total, values)` drives a progress bar. With `resume_path` and `cfg.checkpoint_every`, the full
     training state is saved there every so many steps, and a run started again with the same
     params and data continues from it (the logged history is replayed to `log` first).
+
+    With `world` > 1 (a process group already initialized, see distributed.py) the model is
+    wrapped in DistributedDataParallel; only rank 0 logs, reports progress and saves state.
     """
     seed_everything(cfg.seed)
     model.to(device).train()
+    main = rank == 0
+    step_size = cfg.accum_steps * world  # micro-batches per optimizer step, all ranks together
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed)) / cfg.accum_steps)
+    steps_per_epoch = math.ceil(len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed)) / step_size)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, total_steps))
     fp = fingerprint(model, train_ex, cfg)
     st = load_resume(resume_path, fp, model, opt, sched) or TrainState()
+    if not main:
+        log = progress = None
     for past_step, past_values in st.history:
         if log:
             log(past_step, past_values)
 
     def validate() -> float:
-        nll, n = corpus_nll(model, valid_ex, pad_id, cfg.max_tokens, device)
-        return nll / max(1, n)
+        """Rank 0 scores the validation set; every rank gets its number."""
+        val = math.nan
+        if main:
+            nll, n = corpus_nll(model, valid_ex, pad_id, cfg.max_tokens, device)
+            val = nll / max(1, n)
+        return broadcast(val, 0, world, device)
 
     def record(values: dict) -> None:
         st.history.append((st.step, values))
@@ -222,19 +265,20 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
     while st.epoch < cfg.epochs and not (stopped_early or stopped_by_time):
         batches = token_budget_batches(train_ex, cfg.max_tokens, cfg.seed + st.epoch)
         while st.window < len(batches):
-            window = [collate([train_ex[i] for i in b], pad_id) for b in batches[st.window : st.window + cfg.accum_steps]]
-            nll_sum, n_tokens = backward_window(model, window, pad_id, cfg.label_smoothing, device)
+            window = [collate([train_ex[i] for i in b], pad_id) for b in batches[st.window : st.window + step_size]]
+            nll_sum, n_tokens = backward_window(net, window, pad_id, cfg.label_smoothing, device, rank, world)
+            nll_sum = all_sum(nll_sum, world, device)
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            st.window += cfg.accum_steps
+            st.window += step_size
             st.step += 1
             st.tokens += n_tokens
             st.train_loss = nll_sum / n_tokens
             values = {"train/loss": st.train_loss, "train/lr": sched.get_last_lr()[0]}
-            out_of_time = time.perf_counter() > deadline
+            out_of_time = bool(broadcast(float(time.perf_counter() > deadline), 0, world, device))
             if st.step % cfg.eval_every == 0 or out_of_time:
                 values["valid/loss"] = val = validate()
                 if val < st.best_loss:
@@ -250,7 +294,7 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
             stopped_by_time = out_of_time
             if stopped_early or stopped_by_time:
                 break
-            if resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+            if main and resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
                 save_resume(resume_path, fp, model, opt, sched, st)
         else:
             st.epoch, st.window = st.epoch + 1, 0
@@ -262,7 +306,7 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
             st.best_loss, st.best_step, st.best_state = val, st.step, copy.deepcopy(model.state_dict())
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
-    if resume_path is not None and resume_path.exists():
+    if main and resume_path is not None and resume_path.exists():
         resume_path.unlink()  # finished: a later run must start afresh
     seconds = time.perf_counter() - start
     return TrainResult(st.step, round(st.step / max(1, steps_per_epoch), 3), st.best_step, st.best_loss,
