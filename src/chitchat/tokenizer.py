@@ -85,12 +85,6 @@ class Tokenizer:
             return self._backend.decode(kept)
         return self._backend.decode(kept, skip_special_tokens=False)
 
-    def tokens(self, text: str) -> list[str]:
-        """The pieces of `text` (for inspection and reports)."""
-        if self.kind == "sentencepiece":
-            return self._backend.encode(text, out_type=str)
-        return self._backend.encode(text, add_special_tokens=False).tokens
-
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

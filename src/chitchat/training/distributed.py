@@ -25,10 +25,6 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
 
 def setup(device_name: str) -> tuple[DistContext, torch.device]:
     """Join the process group `torchrun` describes in the environment, or run alone."""

@@ -176,7 +176,7 @@ def fingerprint(model: Seq2Seq, train_ex: Sequence[Example], cfg: TrainConfig) -
     """Identifies a run: a resume file from other params or data is ignored, never mixed in."""
     run = {k: v for k, v in vars(cfg).items() if k != "max_minutes"}
     data = [len(train_ex), sum(len(e.src) + len(e.tgt) for e in train_ex), train_ex[0] if train_ex else None]
-    text = json.dumps([run, getattr(model, "cfg", None).__repr__(), repr(data)], sort_keys=True, default=str)
+    text = json.dumps([run, repr(getattr(model, "cfg", None)), repr(data)], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
