@@ -70,6 +70,8 @@ def main(
             "parameters": model.num_parameters(),
             "device": device.type,
             "processes": ctx.world,
+            "precision": result.precision,
+            "compiled": tcfg.compile,
             "steps": result.steps,
             "epochs": result.epochs,
             "best_step": result.best_step,
@@ -81,6 +83,7 @@ def main(
             "seconds": round(result.seconds, 1),
             "stopped_early": result.stopped_early,
             "stopped_by_time": result.stopped_by_time,
+            "skipped_steps": result.skipped_steps,
         })
         typer.echo(f"train: best valid loss {result.best_valid_loss:.4f} at step {result.best_step}", err=True)
 

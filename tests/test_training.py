@@ -176,3 +176,65 @@ def test_a_resume_file_from_other_params_is_ignored(tmp_path):
     steps = []
     train(model(), data, data, other, PAD, torch.device("cpu"), log=lambda s, v: steps.append(s), resume_path=resume)
     assert steps[0] == 1  # started afresh
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_learns_like_fp32(precision):
+    """The autocast path (CUDA's default) runs on the CPU too; its curve stays near fp32's."""
+    data, valid = examples(200, 0), examples(40, 1)
+    cfg = TrainConfig(epochs=15, max_tokens=256, lr=1e-2, warmup_steps=5, eval_every=10, patience=0)
+    fp32 = train(model(), data, valid, cfg, PAD, torch.device("cpu"))
+    mixed_cfg = TrainConfig(**{**vars(cfg), "precision": precision})
+    mixed = train(model(), data, valid, mixed_cfg, PAD, torch.device("cpu"))
+    assert fp32.precision == "fp32" and mixed.precision == precision
+    assert mixed.best_valid_loss != fp32.best_valid_loss  # autocast really ran
+    assert abs(mixed.best_valid_loss - fp32.best_valid_loss) < 0.15 * fp32.best_valid_loss
+
+
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
+    from chitchat.training.precision import Precision, resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    with pytest.raises(ValueError, match="train.precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+    m = model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    prec = Precision("fp16", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    before = [p.detach().clone() for p in m.parameters()]
+    src, tgt = collate(examples(4), PAD)
+    with prec.autocast():
+        logits = m(src, tgt[:, :-1])
+    prec.backward(logits.float().pow(2).sum() * 1e35)  # times the scale 2**16: past fp32's range
+    assert prec.step(opt, m.parameters(), clip_norm=1.0) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert prec.scaler.get_scale() == 2.0**15
+    opt.zero_grad()
+    with prec.autocast():
+        logits = m(src, tgt[:, :-1])
+    prec.backward(logits.float().mean())
+    assert prec.step(opt, m.parameters(), clip_norm=1.0) is True  # a sane gradient steps
+
+
+def test_compiled_training_matches_eager():
+    """torch.compile (inductor; a C++ compiler on the CPU) changes speed, not the result."""
+    data, valid = examples(120, 0), examples(30, 1)
+    cfg = TrainConfig(epochs=2, max_tokens=256, lr=1e-2, warmup_steps=5, eval_every=10, patience=0)
+
+    def tiny_transformer():
+        torch.manual_seed(0)
+        return build_model(ModelConfig(type="transformer", vocab_size=VOCAB, pad_id=PAD, emb_dim=16,
+                                       hidden_dim=32, heads=2, dropout=0.0))
+
+    eager, compiled = tiny_transformer(), tiny_transformer()
+    window = [collate(data[:20], PAD), collate(data[20:30], PAD)]
+    backward_window(eager, window, PAD, 0.1, torch.device("cpu"))
+    backward_window(torch.compile(compiled, dynamic=True), window, PAD, 0.1, torch.device("cpu"))
+    assert torch.allclose(grads(eager), grads(compiled), atol=1e-5)
+
+    eager, compiled = tiny_transformer(), tiny_transformer()
+    r1 = train(eager, data, valid, cfg, PAD, torch.device("cpu"))
+    r2 = train(compiled, data, valid, TrainConfig(**{**vars(cfg), "compile": True}), PAD, torch.device("cpu"))
+    assert r1.steps == r2.steps
+    # Adam's normalized steps amplify float reordering a little over a run; no more than that.
+    assert r2.final_train_loss == pytest.approx(r1.final_train_loss, rel=1e-3)
+    assert r2.best_valid_loss == pytest.approx(r1.best_valid_loss, rel=1e-3)

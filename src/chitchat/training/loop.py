@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from chitchat.io import atomic_path
 from chitchat.models.base import Seq2Seq
 from chitchat.training.batching import Example, collate, token_budget_batches
+from chitchat.training.precision import PRECISIONS, Precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,16 @@ class TrainConfig:
     max_tgt_len: int = 48  # tokens of bos + answer + eos
     max_minutes: float = 0  # wall-clock budget; 0 means none (a budget makes runs non-deterministic)
     checkpoint_every: int = 0  # steps between resume checkpoints; 0 = no resume
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the training forward/backward
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "inverse_sqrt"):
             raise ValueError(f"train.schedule must be constant, cosine or inverse_sqrt, got {self.schedule!r}")
         if self.accum_steps < 1 or self.eval_every < 1 or self.max_tokens < 1:
             raise ValueError("train.accum_steps, train.eval_every and train.max_tokens must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -61,6 +66,8 @@ class TrainResult:
     seconds: float
     stopped_early: bool
     stopped_by_time: bool
+    precision: str = "fp32"
+    skipped_steps: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -97,14 +104,15 @@ def target_nll(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, smoothi
 
 @torch.no_grad()
 def corpus_nll(model: Seq2Seq, examples: Sequence[Example], pad_id: int, max_tokens: int,
-               device: torch.device) -> tuple[float, int]:
+               device: torch.device, precision: Precision | None = None) -> tuple[float, int]:
     """Total unsmoothed NLL and number of target tokens (EOS counted, BOS and pad not)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in token_budget_batches(examples, max_tokens):
         src, tgt = (t.to(device) for t in collate([examples[i] for i in batch], pad_id))
-        logits = model(src, tgt[:, :-1])
+        with precision.autocast() if precision else contextlib.nullcontext():
+            logits = model(src, tgt[:, :-1])
         total += target_nll(logits, tgt[:, 1:], pad_id).item()
         count += int((tgt[:, 1:] != pad_id).sum())
     model.train(was_training)
@@ -112,14 +120,17 @@ def corpus_nll(model: Seq2Seq, examples: Sequence[Example], pad_id: int, max_tok
 
 
 def backward_window(model, window: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
-                    smoothing: float, device: torch.device, rank: int = 0, world: int = 1) -> tuple[float, int]:
+                    smoothing: float, device: torch.device, rank: int = 0, world: int = 1,
+                    precision: Precision | None = None) -> tuple[float, int]:
     """Accumulate gradients of one optimizer step's micro-batches; return (NLL sum, target tokens).
 
     The loss is normalized by the target tokens of the whole window, not averaged per micro-batch,
     so the gradient equals that of one big batch whatever the split. Under DDP (`world` > 1,
     `model` wrapped) this rank trains on window[rank::world]; gradients are averaged across ranks,
-    hence the factor `world`. The NLL sum is this rank's share.
+    hence the factor `world`. The NLL sum is this rank's share. `precision` casts the forward pass
+    and scales the backward one (fp16).
     """
+    precision = precision or Precision("fp32", device.type)
     n_tokens = sum(int((tgt[:, 1:] != pad_id).sum()) for _, tgt in window)
     share = list(window[rank::world])
     scale = float(world)
@@ -130,9 +141,10 @@ def backward_window(model, window: Sequence[tuple[torch.Tensor, torch.Tensor]], 
         src, tgt = src.to(device), tgt.to(device)
         sync = i == len(share) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            logits = model(src, tgt[:, :-1])
+            with precision.autocast():
+                logits = model(src, tgt[:, :-1])
             loss = target_nll(logits, tgt[:, 1:], pad_id, smoothing)
-            (loss * (scale / n_tokens)).backward()
+            precision.backward(loss * (scale / n_tokens))
         if scale:
             nll = loss if smoothing == 0 else target_nll(logits.detach(), tgt[:, 1:], pad_id)
             nll_sum += nll.item()
@@ -169,6 +181,7 @@ class TrainState:
     best_step: int = 0
     best_state: dict | None = None
     bad_evals: int = 0
+    skipped_steps: int = 0  # fp16 steps skipped because a gradient overflowed
     history: list = field(default_factory=list)  # (step, values) already logged, replayed on resume
 
 
@@ -180,16 +193,17 @@ def fingerprint(model: Seq2Seq, train_ex: Sequence[Example], cfg: TrainConfig) -
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def save_resume(path: Path, fp: str, model, opt, sched, state: TrainState) -> None:
+def save_resume(path: Path, fp: str, model, opt, sched, state: TrainState, precision: Precision) -> None:
     blob = {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "state": vars(state), "torch_rng": torch.get_rng_state(),
+            "scheduler": sched.state_dict(), "scaler": precision.state_dict(), "state": vars(state),
+            "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
 
-def load_resume(path: Path | None, fp: str, model, opt, sched) -> TrainState | None:
+def load_resume(path: Path | None, fp: str, model, opt, sched, precision: Precision) -> TrainState | None:
     """Restore a run killed mid-way, if `path` holds one with the same fingerprint."""
     if path is None or not path.is_file():
         return None
@@ -202,6 +216,7 @@ def load_resume(path: Path | None, fp: str, model, opt, sched) -> TrainState | N
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
+    precision.load_state_dict(blob.get("scaler", {}))
     torch.set_rng_state(blob["torch_rng"])
     random.setstate(blob["python_rng"])
     if blob["cuda_rng"] is not None and torch.cuda.is_available():
@@ -222,6 +237,8 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
 
     With `world` > 1 (a process group already initialized, see distributed.py) the model is
     wrapped in DistributedDataParallel; only rank 0 logs, reports progress and saves state.
+    `cfg.precision` picks autocast (and a grad scaler for fp16); `cfg.compile` runs the training
+    forward and backward through torch.compile (validation and decoding use the plain module).
     """
     seed_everything(cfg.seed)
     model.to(device).train()
@@ -232,12 +249,15 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net, dynamic=True)  # token-budget batches vary in shape: one graph for all
+    precision = resolve_precision(cfg.precision, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed)) / step_size)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, total_steps))
     fp = fingerprint(model, train_ex, cfg)
-    st = load_resume(resume_path, fp, model, opt, sched) or TrainState()
+    st = load_resume(resume_path, fp, model, opt, sched, precision) or TrainState()
     if not main:
         log = progress = None
     for past_step, past_values in st.history:
@@ -248,7 +268,7 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
         """Rank 0 scores the validation set; every rank gets its number."""
         val = math.nan
         if main:
-            nll, n = corpus_nll(model, valid_ex, pad_id, cfg.max_tokens, device)
+            nll, n = corpus_nll(model, valid_ex, pad_id, cfg.max_tokens, device, precision)
             val = nll / max(1, n)
         return broadcast(val, 0, world, device)
 
@@ -266,11 +286,10 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
         batches = token_budget_batches(train_ex, cfg.max_tokens, cfg.seed + st.epoch)
         while st.window < len(batches):
             window = [collate([train_ex[i] for i in b], pad_id) for b in batches[st.window : st.window + step_size]]
-            nll_sum, n_tokens = backward_window(net, window, pad_id, cfg.label_smoothing, device, rank, world)
+            nll_sum, n_tokens = backward_window(net, window, pad_id, cfg.label_smoothing, device, rank, world,
+                                                precision)
             nll_sum = all_sum(nll_sum, world, device)
-            if cfg.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            opt.step()
+            st.skipped_steps += not precision.step(opt, model.parameters(), cfg.clip_norm)
             sched.step()
             opt.zero_grad(set_to_none=True)
             st.window += step_size
@@ -295,7 +314,7 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
             if stopped_early or stopped_by_time:
                 break
             if main and resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
-                save_resume(resume_path, fp, model, opt, sched, st)
+                save_resume(resume_path, fp, model, opt, sched, st, precision)
         else:
             st.epoch, st.window = st.epoch + 1, 0
 
@@ -310,4 +329,5 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
         resume_path.unlink()  # finished: a later run must start afresh
     seconds = time.perf_counter() - start
     return TrainResult(st.step, round(st.step / max(1, steps_per_epoch), 3), st.best_step, st.best_loss,
-                       st.train_loss, st.tokens - tokens_at_start, seconds, stopped_early, stopped_by_time)
+                       st.train_loss, st.tokens - tokens_at_start, seconds, stopped_early, stopped_by_time,
+                       precision.name, st.skipped_steps)
