@@ -2,7 +2,7 @@ import zipfile
 
 import pytest
 
-from chitchat.data.pairs import read_pairs
+from chitchat.data.sources import InputSpec, read_inputs
 from chitchat.data.readers import ReadReport, read_qa_jsonl
 from chitchat.errors import InputError
 from conftest import write_jsonl
@@ -52,7 +52,7 @@ def test_invalid_utf8_line_is_counted(tmp_path, qa_records):
 def test_pairs_are_normalized(tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", [
         {"question": "  Что&nbsp;такое  &quot;ёлка&quot;? ", "category": "Юмор", "responses": ["строка<br>вторая"]}])
-    df = read_pairs(path, ReadReport(), lowercase=True, yo_to_e=True)
+    df, _ = read_inputs([InputSpec(str(path))], lowercase=True, yo_to_e=True)
     assert df["question"].to_list() == ['что такое "елка"?']
     assert df["answer"].to_list() == ["строка вторая"]
 

@@ -13,7 +13,7 @@ from conftest import REPO, write_jsonl
 
 def run_prepare(tmp_path, source):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["prepare"]["input"] = str(source)
+    params["prepare"]["inputs"] = [{"path": str(source)}]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     out, metrics = tmp_path / "out" / "pairs.parquet", tmp_path / "m" / "prepare.json"
     proc = subprocess.run(
@@ -50,7 +50,7 @@ def make_all_filtered(p):
 
 @pytest.mark.parametrize("make, problem", [
     (make_missing, "input file not found"), (make_empty, "file is empty"),
-    (make_corrupt_zip, "not a valid zip archive"), (make_zip_without_jsonl, "zip has no .jsonl member"),
+    (make_corrupt_zip, "not a valid zip archive"), (make_zip_without_jsonl, "archive has no .jsonl member"),
     (make_all_filtered, "no pairs left after filtering"),
 ])
 def test_fatal_input_is_one_line_exit_1_and_nothing_written(tmp_path, make, problem):
@@ -70,8 +70,8 @@ def test_bad_records_are_counted_in_metrics_and_the_stage_goes_on(tmp_path, qa_r
     import json
 
     report = json.loads(metrics.read_text())
-    assert report["read"]["records_skipped"] == {"malformed_json": 1, "missing_responses": 1}
-    assert report["read"]["records_skipped_first_lines"] == {"malformed_json": [4], "missing_responses": [5]}
+    assert report["read"]["qa"]["records_skipped"] == {"malformed_json": 1, "missing_responses": 1}
+    assert report["read"]["qa"]["records_skipped_first_lines"] == {"malformed_json": [4], "missing_responses": [5]}
     assert report["pairs_dropped"] == {"empty_answer": 1, "link_only_answer": 1}
     assert report["pairs_out"] == 5 and out.exists()
 

@@ -1,4 +1,5 @@
-"""Readers for the Ответы@Mail.ru dump: `.jsonl`, `.jsonl.gz` and `.jsonl.zip`.
+"""Line access to input files, plain or compressed (`.gz`, `.xz`, `.zip`, `.tar.*`), and the reader
+for the Ответы@Mail.ru dump (`.jsonl`, `.jsonl.gz`, `.jsonl.zip`).
 
 Fatal problems (missing, empty or corrupt file; a zip without a `.jsonl` member) raise InputError.
 Recoverable problems (a malformed line, a record without `question`...) skip the record and are
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
+import tarfile
 import zipfile
 import zlib
 from collections import Counter
@@ -61,22 +64,40 @@ class QARecord:
     responses: list[str]
 
 
-def _zip_stream(path: Path) -> Iterator[IO[bytes]]:
+def _members(path: Path, names: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Archive members with one of `suffixes`, in name order; none is fatal."""
+    members = sorted(n for n in names if n.lower().endswith(suffixes) and not n.endswith("/"))
+    if not members:
+        shown = ", ".join(names[:5]) or "none"
+        raise InputError(path, f"archive has no {' or '.join(suffixes)} member (members: {shown})")
+    return members
+
+
+def _zip_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise InputError(path, "not a valid zip archive (corrupt or truncated)") from None
     with archive:
-        members = sorted(n for n in archive.namelist() if n.endswith(".jsonl"))
-        if not members:
-            names = ", ".join(archive.namelist()[:5]) or "none"
-            raise InputError(path, f"zip has no .jsonl member (members: {names})")
-        for name in members:
+        for name in _members(path, archive.namelist(), suffixes):
             with archive.open(name) as handle:
                 yield handle
 
 
-def _raw_streams(path: Path) -> Iterator[IO[bytes]]:
+def _tar_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
+    try:
+        archive = tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error):
+        raise InputError(path, "not a valid tar archive (corrupt or truncated)") from None
+    with archive:
+        files = {m.name: m for m in archive.getmembers() if m.isfile()}
+        for name in _members(path, list(files), suffixes):
+            handle = archive.extractfile(files[name])
+            if handle is not None:
+                yield handle
+
+
+def _raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
     if not path.exists():
         raise InputError(path, "input file not found")
     if not path.is_file():
@@ -85,27 +106,35 @@ def _raw_streams(path: Path) -> Iterator[IO[bytes]]:
         raise InputError(path, "file is empty")
     name = path.name.lower()
     if name.endswith(".zip"):
-        yield from _zip_stream(path)
+        yield from _zip_stream(path, suffixes)
+    elif name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")):
+        yield from _tar_stream(path, suffixes)
     elif name.endswith(".gz"):
         with gzip.open(path, "rb") as handle:
+            yield handle
+    elif name.endswith(".xz"):
+        with lzma.open(path, "rb") as handle:
             yield handle
     else:
         with open(path, "rb") as handle:
             yield handle
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based line number, raw line without the line end) across all members of `path`."""
+def iter_lines(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",)) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, raw line without the line end) across all members of `path`.
+
+    In an archive (zip, tar) only members whose names end with one of `suffixes` are read.
+    """
     path = Path(path)
     line_no = 0
     try:
-        for stream in _raw_streams(path):
+        for stream in _raw_streams(path, suffixes):
             for raw in stream:
                 line_no += 1
                 if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
                 yield line_no, raw.rstrip(b"\r\n")
-    except (EOFError, zlib.error, gzip.BadGzipFile):
+    except (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, tarfile.TarError):
         raise InputError(path, f"compressed stream is truncated or corrupt after line {line_no}") from None
     except zipfile.BadZipFile as exc:
         raise InputError(path, f"corrupt zip member ({exc})") from None
