@@ -25,6 +25,9 @@ class Encoded:
 class Seq2Seq(nn.Module):
     """Encoder-decoder: encode once, then decode in full (teacher forcing) or step by step."""
 
+    # batch dimension of every tensor in Encoded.state and in the cache; decoding reorders along it
+    cache_batch_dim: int = 0
+
     def encode(self, src: torch.Tensor) -> Encoded:
         raise NotImplementedError
 

@@ -62,6 +62,8 @@ class RNNStack(nn.Module):
 class RNNSeq2Seq(Seq2Seq):
     """Embedding -> RNN encoder; embedding -> RNN decoder -> attention -> output projection."""
 
+    cache_batch_dim = 1  # states are (1, batch, hidden) per layer, as nn.GRU/nn.LSTM return them
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
