@@ -64,7 +64,7 @@ def main(
             save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir="tokenizer",
                             max_src_len=tcfg.max_src_len, max_tgt_len=tcfg.max_tgt_len,
                             step=result.best_step, best_valid_loss=result.best_valid_loss,
-                            train_config=vars(tcfg))
+                            train_config=vars(tcfg), prepare=_text_normalization(all_params))
         write_json(metrics, {
             "model_type": mcfg.type,
             "parameters": model.num_parameters(),
@@ -114,6 +114,12 @@ def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: 
     live.make_summary()
     live.end()
     return result
+
+
+def _text_normalization(all_params: dict) -> dict:
+    """prepare's case and ё/е folding, so the inference service treats questions like training data."""
+    prepare = all_params.get("prepare") or {}
+    return {"lowercase": bool(prepare.get("lowercase", False)), "yo_to_e": bool(prepare.get("yo_to_e", False))}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class Tokenizer:
         self._category_ids = {name: self.token_to_id(tok) for name, tok in self.categories.items()}
         self.unknown_category_id = self.token_to_id(UNKNOWN_CATEGORY)
         self._skip = set(range(len(SPECIALS))) | set(self._category_ids.values()) | {self.unknown_category_id}
+        # What a decoder must never emit: every special but EOS, and the category tokens.
+        self.never_generated = tuple(sorted(self._skip - {self.eos_id}))
 
     # -- lookups -------------------------------------------------------------------------------
     @property

@@ -9,8 +9,10 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # the expression helpers only call methods: inference need not import polars
+    import polars as pl
 
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 _SPACE = re.compile(r"\s+")
