@@ -23,7 +23,7 @@ def main(
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="scores"),
     examples: Path = typer.Option(Path("metrics/examples.md"), help="table of generated answers"),
 ) -> None:
-    """Score the model; answers come from greedy decoding."""
+    """Score the model; answers are decoded as evaluate.decoding says (greedy, beam or nucleus)."""
     with stage_errors("evaluate"):
         cfg = config_from(EvalConfig, section(load_params(params), "evaluate", params), "evaluate")
         torch.use_deterministic_algorithms(True)
@@ -34,7 +34,7 @@ def main(
         result["model_type"] = ckpt["model_config"]["type"]
         write_json(metrics, result)
         write_text(examples, examples_markdown(scored, cfg.num_examples, cfg.seed))
-        typer.echo(f"evaluate: ppl_word {result['ppl_word']:.1f}  bleu {result['bleu']:.2f}  "
+        typer.echo(f"evaluate ({cfg.decoding.strategy}): ppl_word {result['ppl_word']:.1f}  bleu {result['bleu']:.2f}  "
                    f"chrf {result['chrf']:.2f}  rougeL {result['rougeL']:.3f}", err=True)
 
 

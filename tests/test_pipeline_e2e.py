@@ -15,7 +15,7 @@ TINY = {
     "tokenizer": {"vocab_size": 500},
     "model": {"emb_dim": 16, "hidden_dim": 32},
     "train": {"epochs": 2, "max_tokens": 512, "eval_every": 5, "warmup_steps": 5},
-    "evaluate": {"num_examples": 5, "max_new_tokens": 12},
+    "evaluate": {"num_examples": 5, "decoding": {"max_new_tokens": 12}},
 }
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
@@ -39,7 +39,11 @@ def project(tmp_path_factory):
     (root / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     for name, values in TINY.items():
-        params[name].update(values)
+        for key, value in values.items():
+            if isinstance(value, dict):
+                params[name][key].update(value)
+            else:
+                params[name][key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
     sh("git", "init", "-q", cwd=root)
     sh("git", "add", "-A", cwd=root)
@@ -91,3 +95,20 @@ def test_experiment_changes_metrics_and_diff_shows_them(project):
     assert diff["metrics/eval.json"]["ppl_token"]["diff"] != 0
     params = json.loads(sh("dvc", "params", "diff", "--json", cwd=project))
     assert params["params.yaml"]["train.lr"]["new"] == 0.01
+
+
+@pytest.mark.slow
+def test_decoding_experiment_reruns_only_evaluate(project):
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "before beam", cwd=project)
+    before = load(project, "eval.json")
+    out = sh("dvc", "exp", "run", "-S", "evaluate.decoding.strategy=beam", "-S", "evaluate.decoding.beam_size=3",
+             cwd=project)
+    assert "Running stage 'evaluate'" in out
+    for stage in ("prepare", "dedup", "split", "tokenizer", "train"):
+        assert f"Running stage '{stage}'" not in out, stage
+    after = load(project, "eval.json")
+    assert after["decoding"]["strategy"] == "beam" and after["decoding"]["beam_size"] == 3
+    assert before["decoding"]["strategy"] == "greedy"
+    assert after["ppl_token"] == before["ppl_token"]  # same model: teacher-forced scores cannot move
+    assert after["decoding"]["max_new_tokens"] == 12

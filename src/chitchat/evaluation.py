@@ -1,17 +1,17 @@
 """Score a trained model on a pairs table: perplexity from teacher forcing, text metrics from
-greedy answers. Each distinct (question, category) is answered once and compared with each of its
-reference answers.
+answers decoded as `evaluate.decoding` says (greedy, beam or nucleus). Each distinct
+(question, category) is answered once and compared with each of its reference answers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import polars as pl
 import torch
 
 from chitchat import metrics as M
-from chitchat.decoding import greedy
+from chitchat.decoding import DecodingConfig, generate
 from chitchat.models.base import Seq2Seq
 from chitchat.tokenizer import Tokenizer
 from chitchat.training.batching import collate, encode_pairs
@@ -21,22 +21,40 @@ from chitchat.training.loop import corpus_nll
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 64  # questions decoded together
-    max_new_tokens: int = 40  # longest generated answer in tokens
     num_examples: int = 30  # rows in the examples table
     seed: int = 7  # picks the example rows
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # how answers are generated
+
+    def __post_init__(self):
+        if isinstance(self.decoding, dict):  # from params.yaml: evaluate.decoding is a mapping
+            known = set(DecodingConfig.__dataclass_fields__)
+            unknown = sorted(set(self.decoding) - known)
+            if unknown:
+                raise ValueError(f"unknown evaluate.decoding params: {', '.join(unknown)}")
+            object.__setattr__(self, "decoding", DecodingConfig(**self.decoding))
+        if self.batch_size < 1:
+            raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+        try:
+            self.decoding.validate()
+        except ValueError as exc:
+            raise ValueError(f"evaluate.{exc}") from None
 
 
 @torch.no_grad()
 def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categories: list[str],
-                     max_src_len: int, max_new_tokens: int, batch_size: int, device) -> list[str]:
-    """Greedy answers, decoded to text, in the order of `questions`."""
+                     max_src_len: int, decoding: DecodingConfig, batch_size: int, device) -> list[str]:
+    """The best answer per question (decoded to text), in the order of `questions`.
+
+    Nucleus sampling draws from one generator per batch seeded by `decoding.seed`, so the same
+    params give the same answers.
+    """
     frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories})
     examples = encode_pairs(frame, tok, max_src_len, 2, model.cfg.condition)
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
         src, _ = collate(examples[start : start + batch_size], tok.pad_id)
-        for ids in greedy(model, src.to(device), tok.bos_id, tok.eos_id, max_new_tokens):
-            answers.append(tok.decode(ids))
+        for hyps in generate(model, src.to(device), decoding, tok.bos_id, tok.eos_id, tok.never_generated):
+            answers.append(tok.decode(hyps[0].ids))
     return answers
 
 
@@ -51,7 +69,7 @@ def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_
 
     prompts = pairs.select("question", "category").unique(maintain_order=True)
     answers = generate_answers(model, tok, prompts["question"].to_list(), prompts["category"].to_list(),
-                               max_src_len, cfg.max_new_tokens, cfg.batch_size, device)
+                               max_src_len, cfg.decoding, cfg.batch_size, device)
     scored = pairs.join(prompts.with_columns(pl.Series("generated", answers)),
                         on=["question", "category"], how="left", maintain_order="left")
     hyps, refs = scored["generated"].to_list(), scored["answer"].to_list()
@@ -75,7 +93,7 @@ def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_
         "mean_answer_words": sum(map(M.word_count, answers)) / max(1, len(answers)),
         "mean_reference_words": sum(map(M.word_count, refs)) / max(1, len(refs)),
         "empty_answers": sum(not a.strip() for a in answers) / max(1, len(answers)),
-        "decoding": {"strategy": "greedy", "max_new_tokens": cfg.max_new_tokens},
+        "decoding": asdict(cfg.decoding),
     }
     return result, scored
 
