@@ -1,12 +1,13 @@
-"""Stage dedup: drop exact duplicates, answers that repeat the question, and cap per question."""
+"""Stage dedup: drop exact and near duplicates, answers that repeat the question; cap per question
+and per first phrase."""
 
 from pathlib import Path
 
 import polars as pl
 import typer
 
-from chitchat.data.dedup import DedupConfig, dedup_pairs
-from chitchat.io import atomic_path, config_from, load_params, section, write_json
+from chitchat.data.dedup import dedup_config, dedup_pairs
+from chitchat.io import atomic_path, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -21,12 +22,13 @@ def main(
 ) -> None:
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
-        cfg = config_from(DedupConfig, section(load_params(params), "dedup", params), "dedup")
+        cfg = dedup_config(section(load_params(params), "dedup", params))
         kept, report = dedup_pairs(pl.read_parquet(pairs), cfg)
         with atomic_path(out) as tmp:
             kept.write_parquet(tmp)
         write_json(metrics, report.as_dict())
-        typer.echo(f"dedup: {report.pairs_in} -> {report.pairs_out} pairs", err=True)
+        counts = ", ".join(f"{rule} {n}" for rule, n in report.removed.items() if n)
+        typer.echo(f"dedup: {report.pairs_in} -> {report.pairs_out} pairs ({counts or 'nothing removed'})", err=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from chitchat.data.dedup import DedupConfig, dedup_pairs
+from chitchat.data.dedup import NEAR_RULES, DedupConfig, NearKeyConfig, dedup_pairs
 from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.split import SplitConfig, split_pairs
 from chitchat.data.normalize import match_key
@@ -59,14 +59,16 @@ def test_dedup_rules_each_counted():
         ("Где я?", "Юмор", "Дома"),
     ])
     out, report = dedup_pairs(df, DedupConfig(exact=True, answer_equals_question=True, max_per_question=2))
-    assert report.removed == {"exact_duplicate": 1, "answer_equals_question": 1, "over_max_per_question": 1}
+    assert report.removed == {"exact_duplicate": 1, **{f"near_{r}": 0 for r in NEAR_RULES},
+                              "answer_equals_question": 1, "over_max_per_question": 1}
     assert out["answer"].to_list() == ["Хорошо", "Плохо", "Дома"]
     assert report.pairs_in == 6 and report.pairs_out == 3
 
 
 def test_dedup_rules_can_be_switched_off():
     df = pairs([("a b", "x", "a b"), ("a b", "x", "a b")])
-    out, report = dedup_pairs(df, DedupConfig(exact=False, answer_equals_question=False, max_per_question=0))
+    no_near = NearKeyConfig(**dict.fromkeys(NEAR_RULES, False))
+    out, report = dedup_pairs(df, DedupConfig(exact=False, near=no_near, answer_equals_question=False))
     assert out.height == 2 and report.removed == {}
 
 

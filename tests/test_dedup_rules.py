@@ -1,0 +1,245 @@
+"""Near-duplicate key rules and the first-phrase cap: each rule switchable, every removal counted."""
+
+import time
+
+import polars as pl
+import pytest
+import yaml
+
+from chitchat.data.dedup import (NEAR_RULES, DedupConfig, NearKeyConfig, dedup_config, dedup_pairs,
+                                 first_phrase, near_key)
+from conftest import ANEKDOT, REPO
+
+NO_NEAR = NearKeyConfig(**dict.fromkeys(NEAR_RULES, False))
+ONLY = {name: NearKeyConfig(**{r: r == name for r in NEAR_RULES}) for name in NEAR_RULES}
+
+
+def table(rows, qids=None):
+    """(question, answer) rows as a pairs table; each row its own qid unless given."""
+    qids = list(range(len(rows))) if qids is None else qids
+    return pl.DataFrame(
+        {"qid": qids, "question": [q for q, _ in rows], "category": ["Юмор"] * len(rows),
+         "answer": [a for _, a in rows]},
+        schema={"qid": pl.UInt32, "question": pl.String, "category": pl.String, "answer": pl.String},
+    )
+
+
+def keys(texts, cfg=NearKeyConfig()):
+    return near_key(pl.Series(texts, dtype=pl.String), cfg).to_list()
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Привет!!!", "привет"),
+    ("Как дела ?", "как дела"),
+    ("Ёлка)))))", "елка"),
+    ("Дааааа, конечно!!!", "да конечно"),
+    ("не знаю", "Незнаю..."),
+    ("100 000 рублей", "100000 рублей"),
+    ("Ну и что😂😂😂", "ну и что"),
+    ("да,нет", "Да, нет."),
+])
+def test_default_key_merges(a, b):
+    assert keys([a])[0] == keys([b])[0]
+
+
+@pytest.mark.parametrize("a, b", [
+    ("класс", "клас"),  # doubled letters are spelling, not emphasis: only runs of 3+ collapse
+    ("1000", "10"),  # digits never collapse
+    ("ахаха", "аха"),  # repeated syllables are not repeated characters
+    ("да", "нет"),
+])
+def test_default_key_keeps_apart(a, b):
+    assert keys([a])[0] != keys([b])[0]
+
+
+def test_key_values():
+    assert keys(["Ёлка)))))", "елка)"], NearKeyConfig(punctuation=False, whitespace=False)) == ["елка)", "елка)"]
+    assert keys(["Приветттт!!!", "ааааа", "", "  Ну ... да  "]) == ["привет", "а", "", "нуда"]
+    assert keys(["Ура!!!!!"], ONLY["repeats"]) == ["Ура!"]
+    assert keys(["Ёлка, ЁЖ"], ONLY["yo_to_e"]) == ["Елка, ЕЖ"]
+
+
+@pytest.mark.parametrize("rule, a, b", [
+    ("casefold", "Привет", "привет"),
+    ("yo_to_e", "Ёлка ёж", "Елка еж"),
+    ("punctuation", "Привет!!!", "Привет"),
+    ("punctuation", "да,нет", "да - нет"),
+    ("repeats", "Ну даааа", "Ну да"),
+    ("repeats", "Дааааа", "Да"),
+    ("whitespace", "не знаю", "незнаю"),
+])
+def test_each_rule_alone_merges_and_nothing_else_does(rule, a, b):
+    assert keys([a, b], ONLY[rule])[0] == keys([a, b], ONLY[rule])[1]
+    others = NearKeyConfig(**{r: r != rule for r in NEAR_RULES})
+    assert keys([a, b], others)[0] != keys([a, b], others)[1]
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("Алло! Кто это?", "Алло!"),
+    ("Привет!!! Как дела?", "Привет!!!"),
+    ("Ну и что... А ты?", "Ну и что..."),
+    ("Стоит 3.5 рубля. Дорого?", "Стоит 3.5 рубля."),
+    ("...и что? Да", "...и что?"),
+    ("Привет, как дела", "Привет, как дела"),
+    ("Что?!Да", "Что?!Да"),
+    ("Ну… ладно", "Ну…"),
+])
+def test_first_phrase(text, phrase):
+    assert pl.select(first_phrase(pl.lit(text))).item() == phrase
+
+
+BASES = [("Как дела", "Хорошо"), ("Где ёлка", "В лесу"), ("Ты кто", "Я кот"), ("Ну что", "Да ура"),
+         ("Что делать", "Не знаю")]
+VARIANTS = {  # each differs from its base only in what one rule folds
+    "casefold": ("КАК ДЕЛА", "ХОРОШО"),
+    "yo_to_e": ("Где елка", "В лесу"),
+    "punctuation": ("Ты кто?!", "Я — кот."),
+    "repeats": ("Ну что", "Дааааа урааа"),
+    "whitespace": ("Что делать", "Незнаю"),
+}
+
+
+def near_table():
+    return table(BASES + list(VARIANTS.values()))
+
+
+def test_every_rule_on_removes_exactly_its_variant():
+    out, report = dedup_pairs(near_table(), DedupConfig())
+    assert out["answer"].to_list() == [a for _, a in BASES]
+    assert report.removed == {"exact_duplicate": 0, **{f"near_{r}": 1 for r in NEAR_RULES},
+                              "answer_equals_question": 0}
+
+
+@pytest.mark.parametrize("off", list(NEAR_RULES))
+def test_switching_one_rule_off_keeps_exactly_its_variant(off):
+    cfg = DedupConfig(near=NearKeyConfig(**{r: r != off for r in NEAR_RULES}))
+    out, report = dedup_pairs(near_table(), cfg)
+    assert out["answer"].to_list() == [a for _, a in BASES] + [VARIANTS[off][1]]
+    assert {k: v for k, v in report.removed.items() if k.startswith("near_")} == {
+        f"near_{r}": 1 for r in NEAR_RULES if r != off}
+
+
+def test_all_rules_off_keeps_every_variant_and_reports_no_near_counter():
+    out, report = dedup_pairs(near_table(), DedupConfig(near=NO_NEAR))
+    assert out.height == 10 and not any(k.startswith("near_") for k in report.removed)
+
+
+def test_a_pair_that_needs_two_rules_counts_under_the_later_one():
+    df = table([("как дела", "хорошо"), ("КАК ДЕЛА?!", "Хорошо!")])
+    _, report = dedup_pairs(df, DedupConfig())
+    assert report.removed["near_casefold"] == 0 and report.removed["near_punctuation"] == 1
+    out, _ = dedup_pairs(df, DedupConfig(near=NearKeyConfig(punctuation=False)))
+    assert out.height == 2  # casefold alone leaves "?!" apart
+    _, report = dedup_pairs(table([("Ну что", "Да."), ("Ну что", "Да...")]), DedupConfig())
+    assert report.removed["near_punctuation"] == 1 and report.removed["near_repeats"] == 0  # its turn is first
+
+
+def test_identical_pairs_count_as_near_identical_when_exact_is_off():
+    df = table([("Привет", "Здравствуй"), ("Привет", "Здравствуй"), ("привет", "здравствуй")])
+    out, report = dedup_pairs(df, DedupConfig(exact=False))
+    assert out.height == 1
+    assert report.removed["near_identical"] == 1 and report.removed["near_casefold"] == 1
+    _, report = dedup_pairs(df, DedupConfig(exact=True))
+    assert "near_identical" not in report.removed and report.removed["exact_duplicate"] == 1
+
+
+def dialogue_table():
+    rows = [("Алло!", "Да?"), ("алло...", "Кто это?"), ("Алло! Кто это?", "Я."), ("Привет, как дела", "Ок"),
+            ("АЛЛО!!! Слышишь?", "Нет."), ("Привет!", "Привет!!"), ("Алло", "Слушаю"), ("Привет.", "Здорово")]
+    return table(rows)
+
+
+def test_cap_keeps_exactly_the_first_n_per_first_phrase():
+    out, report = dedup_pairs(dialogue_table(), DedupConfig(answer_equals_question=False, max_per_first_phrase=3))
+    assert out["answer"].to_list() == ["Да?", "Кто это?", "Я.", "Ок", "Привет!!", "Здорово"]
+    assert report.removed["over_max_per_first_phrase"] == 2 and report.first_phrases_capped == 1
+    assert report.pairs_in - report.pairs_out == sum(report.removed.values())
+
+
+def test_cap_follows_qid_not_row_order_and_keeps_row_order():
+    df = dialogue_table().reverse()
+    out, _ = dedup_pairs(df, DedupConfig(answer_equals_question=False, max_per_first_phrase=1))
+    assert out["qid"].to_list() == [5, 3, 0]  # the first «привет» and «алло» (qid 5, 0) survive
+
+
+def test_cap_counts_questions_not_answers():
+    rows = [("Помогите! Что делать?", f"ответ {i}") for i in range(4)] + [("Помогите! Где я?", "дома")]
+    out, report = dedup_pairs(table(rows, qids=[0, 0, 0, 0, 1]), DedupConfig(max_per_first_phrase=1))
+    assert out["answer"].to_list() == ["ответ 0", "ответ 1", "ответ 2", "ответ 3"]
+    assert report.removed["over_max_per_first_phrase"] == 1
+
+
+def test_cap_zero_is_off_and_first_phrase_uses_the_near_key():
+    _, report = dedup_pairs(dialogue_table(), DedupConfig(max_per_first_phrase=0))
+    assert "over_max_per_first_phrase" not in report.removed
+    out, _ = dedup_pairs(dialogue_table(), DedupConfig(near=NO_NEAR, answer_equals_question=False,
+                                                      max_per_first_phrase=1))
+    assert out.height == 7  # without the key rules only «Алло!» (qid 0) and «Алло! Кто это?» (2) match
+
+
+def test_cap_needs_qid():
+    with pytest.raises(ValueError, match="qid"):
+        dedup_pairs(dialogue_table().drop("qid"), DedupConfig(max_per_first_phrase=1))
+
+
+def test_counts_add_up_and_result_is_deterministic():
+    df = pl.concat([near_table(), dialogue_table(), near_table()]).drop("qid").with_row_index("qid")
+    cfg = DedupConfig(max_per_question=1, max_per_first_phrase=2)
+    out, report = dedup_pairs(df, cfg)
+    again, _ = dedup_pairs(df, cfg)
+    assert out.equals(again)
+    assert report.pairs_in == df.height and report.pairs_out == out.height
+    assert report.pairs_in - report.pairs_out == sum(report.removed.values()) > 0
+    assert report.as_dict()["removed_total"] == sum(report.removed.values())
+
+
+def test_empty_table():
+    out, report = dedup_pairs(table([]), DedupConfig(max_per_first_phrase=2))
+    assert out.height == 0 and sum(report.removed.values()) == 0
+
+
+def test_params_yaml_lists_every_rule():
+    section = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["dedup"]
+    assert set(section["near"]) == set(NEAR_RULES)
+    cfg = dedup_config(section)
+    assert cfg.near.enabled() == [r for r in NEAR_RULES if section["near"][r]]
+    assert cfg.max_per_first_phrase == section["max_per_first_phrase"]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"near": {"casfold": True}}, "unknown dedup.near params: casfold"),
+    ({"near": True}, "dedup.near must be a mapping"),
+    ({"near": {"repeats": "yes"}}, "dedup.near.repeats must be true or false"),
+    ({"max_per_first_phrse": 3}, "unknown dedup params: max_per_first_phrse"),
+    ({"max_per_first_phrase": -1}, "max_per_first_phrase must be an integer >= 0"),
+])
+def test_bad_dedup_params(params, message):
+    with pytest.raises(ValueError, match=message):
+        dedup_config(params)
+
+
+def test_missing_near_section_means_every_rule_on():
+    assert dedup_config({"exact": False}).near == NearKeyConfig()
+
+
+@pytest.mark.skipif(not ANEKDOT.is_file(), reason=f"shared dialogues not found at {ANEKDOT}")
+def test_the_shared_dialogues():
+    from chitchat.data.sources import InputSpec, read_inputs
+
+    df, _ = read_inputs([InputSpec(str(ANEKDOT))])
+    start = time.perf_counter()
+    out, report = dedup_pairs(df, DedupConfig(max_per_first_phrase=50))
+    seconds = time.perf_counter() - start
+    removed = report.removed
+    assert report.pairs_in - report.pairs_out == sum(removed.values())
+    assert all(removed[f"near_{r}"] > 0 for r in NEAR_RULES)  # real data has every kind
+    assert removed["near_punctuation"] > removed["near_casefold"]  # the commonest variation
+    # no two kept pairs share a key; no first phrase opens more than 50 kept questions
+    kept_keys = pl.DataFrame([near_key(out["question"], NearKeyConfig()), near_key(out["answer"], NearKeyConfig())])
+    assert kept_keys.n_unique() == out.height
+    phrases = near_key(out.select(first_phrase(pl.col("question")))["question"], NearKeyConfig())
+    per_phrase = out.with_columns(phrases.alias("p")).group_by("p").agg(pl.col("qid").n_unique())
+    assert per_phrase["qid"].max() == 50
+    assert per_phrase.filter(pl.col("p") == "алло")["qid"].item() == 50  # opens ~300 exchanges
+    assert 0 < report.first_phrases_capped <= per_phrase.filter(pl.col("qid") == 50).height
+    assert seconds < 30  # 165k pairs; a second or two here
