@@ -72,6 +72,11 @@ def test_repro_writes_every_metric(project):
     assert "tok:intl" in ev["bleu_signature"] and ev["decoding"]["strategy"] == "greedy"
     assert (project / "metrics" / "examples.md").read_text(encoding="utf-8").count("\n") == 2 + 5
     assert (project / "metrics/live/plots/metrics/valid/loss.tsv").read_text().startswith("step\tloss")
+    data = load(project, "data.json")  # the report describes the same pairs and tokenizer
+    assert data["pairs"]["total"] == dedup["pairs_out"]
+    assert data["unk_rate"]["valid"] == load(project, "tokenizer.json")["valid"]["unk_rate"]
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project))
+    assert not plots.get("errors") and {"answer_tokens", "categories", "token_frequency", "unknown_tokens"} <= set(plots["data"])
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project))
     assert any("metrics/eval.json" in str(v) for v in shown.values())
     assert "up to date" in sh("dvc", "status", cwd=project)
