@@ -1,4 +1,5 @@
-"""The `chitchat` console script: ask one question, chat in a loop, list the model's categories.
+"""The `chitchat` console script: ask one question, chat in a loop, list the model's categories,
+serve the web chat (`serve`) or run the Telegram bot (`bot`).
 
 Bad input ends with one line on stderr and exit code 1 (CHITCHAT_DEBUG=1 shows the traceback).
 """
@@ -186,6 +187,64 @@ def chat(
             typer.echo(f"error: {exc}", err=True)
         except KeyboardInterrupt:
             typer.echo("(answer cancelled)", err=True)
+
+
+MaxBatch = Annotated[int, typer.Option("--max-batch", help="questions answered together in one decoder call at most (1 = one at a time)")]
+Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads for decoding (0 = one fewer than the cores, at least 1)")]
+
+
+def _set_threads(threads: int) -> None:
+    """Leave a core to the event loop: torch's threads spinning on every core stall it (see README)."""
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    model: ModelDir = Path("data/model"),
+    device: Device = "cpu",
+    max_batch: MaxBatch = 16,
+    threads: Threads = 0,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's: critical | error | warning | info | debug")] = "info",
+) -> None:
+    """Serve the chat page and the JSON API (docs at /docs) until Ctrl-C."""
+    with _errors():
+        _set_threads(threads)
+        service = _load(model, device)
+        from chitchat.serve.app import create_app  # FastAPI only here: `ask` must start fast
+
+        web = create_app(service, max_batch)
+    import uvicorn
+
+    typer.echo(f"chitchat: {model} on http://{host}:{port}/ (API docs: /docs)", err=True)
+    uvicorn.run(web, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def bot(
+    model: ModelDir = Path("data/model"),
+    device: Device = "cpu",
+    max_batch: MaxBatch = 16,
+    threads: Threads = 0,
+) -> None:
+    """Run the Telegram bot until Ctrl-C; the token comes from $TELEGRAM_BOT_TOKEN."""
+    token = os.environ.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if not token:
+        typer.echo("chitchat: error: TELEGRAM_BOT_TOKEN is not set (create a bot with @BotFather and "
+                   "export its token)", err=True)
+        raise typer.Exit(1)
+    with _errors():
+        from chitchat.serve.bot import check_token, run_bot  # aiogram only here
+
+        check_token(token)
+        _set_threads(threads)
+        service = _load(model, device)
+        run_bot(service, token, max_batch)
 
 
 class ChatSession:

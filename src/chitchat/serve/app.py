@@ -1,0 +1,200 @@
+"""The web front end: a chat page and a JSON API over one ChatService (FastAPI, served by uvicorn).
+
+`create_app(service)` builds the app around a loaded service (`chitchat serve` loads it once at
+start-up); every answer goes through a `Batcher`, so decoding runs in a worker thread and the
+event loop stays free for `/health`, the page and the other requests. Every bad request is a 422
+whose `detail` is one readable line; `errors` lists each problem when the body failed validation.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Iterator, Literal, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException
+
+from chitchat.decoding import DecodingConfig
+from chitchat.inference import ChatService, RequestError
+from chitchat.serve import limits
+from chitchat.serve.batcher import Batcher
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 64 * 1024  # a full request (question, 20 turns of history, options) is far smaller
+D = DecodingConfig()
+B = limits.BOUNDS
+
+
+def _bounded(name: str, **extra):
+    """A Field with the default from DecodingConfig and the caps from limits.BOUNDS."""
+    low, high = B[name]
+    return Field(getattr(D, name), ge=low, le=high, **extra)
+
+
+class DecodingOptions(BaseModel):
+    """Decoding options; each one left out keeps DecodingConfig's default (README, "Decoding")."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["greedy", "beam", "nucleus"] = D.strategy
+    max_new_tokens: int = _bounded("max_new_tokens")
+    min_new_tokens: int = _bounded("min_new_tokens")
+    beam_size: int = _bounded("beam_size")
+    length_penalty: float = _bounded("length_penalty")
+    no_repeat_ngram_size: int = _bounded("no_repeat_ngram_size")
+    early_stopping: bool = D.early_stopping
+    n: int = _bounded("n", description="answers: 1 for greedy, at most beam_size for beam")
+    temperature: float = _bounded("temperature")
+    top_k: int = _bounded("top_k")
+    top_p: float = Field(D.top_p, gt=0, le=1)
+    repetition_penalty: float = _bounded("repetition_penalty")
+    seed: int = _bounded("seed")
+
+    def config(self) -> DecodingConfig:
+        return DecodingConfig(**self.model_dump())
+
+
+Turn = Annotated[str, StringConstraints(max_length=limits.MAX_TURN)]
+
+
+class AnswerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(max_length=limits.MAX_QUESTION, examples=["Как дела?"])
+    category: Optional[str] = Field(None, max_length=limits.MAX_CATEGORY, description="any case; null: none")
+    history: list[Turn] = Field(default_factory=list, max_length=limits.MAX_HISTORY,
+                                description="earlier turns, oldest first (accepted; today's models ignore it)")
+    decoding: DecodingOptions = Field(default_factory=DecodingOptions)
+
+
+class AnswerOut(BaseModel):
+    text: str
+    score: Optional[float]  # null where the decoder's score is not a finite number
+
+
+class AnswerResponse(BaseModel):
+    answers: list[AnswerOut]  # best first
+    category: Optional[str]  # the model's own spelling
+    question: str  # normalized, as the model saw it
+    truncated: bool  # cut to the model's max_src_len tokens
+    latency_ms: float  # from arrival to answer, queueing included
+    decoding: DecodingOptions  # every option, defaults filled in
+
+
+def _one_line(errors: list[dict]) -> str:
+    """The first validation problem as `where: what`, and how many more there are."""
+    first = errors[0]
+    loc = first["loc"][1:] if first["loc"][:1] == ["body"] else first["loc"]
+    where = ".".join(map(str, loc))
+    if first["type"] == "json_invalid":
+        what = f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'cannot parse')})"
+    elif not where:  # no body, or a body that is not an object
+        what = 'the body must be a JSON object such as {"question": "Как дела?"}'
+    else:
+        what = f"{where}: {first['msg']}"
+    return what + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
+    """The app around a loaded service; `max_batch` questions at most per decoder call (1: no batching)."""
+    batcher = Batcher(service, max_batch)
+    app = FastAPI(title="chitchat", version="0.1.0",
+                  description="Russian chit-chat seq2seq model trained by the chitchat DVC pipeline.")
+    app.state.service, app.state.batcher = service, batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
+                   **({"ctx": {"error": str(e["ctx"]["error"])}} if "error" in e.get("ctx", {}) else {})}
+                  for e in exc.errors()] or [{"loc": ["body"], "msg": "invalid", "type": "invalid"}]
+        return JSONResponse({"detail": _one_line(errors), "errors": errors}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and request.url.path.startswith("/api/"):  # FastAPI could not decode the body
+            return JSONResponse({"detail": f"the body is not valid JSON ({exc.detail})"}, status_code=422)
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        # uvicorn logs the traceback (starlette re-raises after this response)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
+                            status_code=500)
+
+    @app.middleware("http")
+    async def cap_body(request: Request, call_next):
+        size = request.headers.get("content-length", "0")
+        if not size.isdigit():
+            return JSONResponse({"detail": "bad Content-Length header"}, status_code=400)
+        if int(size) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"the body must be at most {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.post("/api/answer", response_model=AnswerResponse, responses={422: {"description": "bad request"}})
+    async def answer(body: AnswerRequest) -> AnswerResponse:
+        """Answer one question; the answers are ranked best first."""
+        start = time.perf_counter()
+        decoding = body.decoding.config()
+        reply = await batcher.reply(body.question, body.category, decoding, body.history)
+        return AnswerResponse(
+            answers=[AnswerOut(text=a.text, score=a.score if math.isfinite(a.score) else None) for a in reply.answers],
+            category=reply.category, question=reply.question, truncated=reply.truncated,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2), decoding=DecodingOptions(**asdict(decoding)))
+
+    @app.get("/api/categories")
+    async def categories() -> dict:
+        """The categories the model knows; `conditioned` false: they do not change its answers."""
+        return {"categories": service.categories, "conditioned": service.conditioned}
+
+    @app.get("/api/limits")
+    async def caps() -> dict:
+        """What a request may ask for, and the decoding defaults (the page builds its form from them)."""
+        return limits.as_dict()
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness; answers at once even while a decode is running."""
+        cfg = service.model.cfg
+        return {"status": "ok", "model": {"type": cfg.type, "conditioned": service.conditioned,
+                                          "categories": len(service.categories)},
+                "busy": batcher.busy, "waiting": len(batcher.waiting), "decoder_calls": batcher.calls}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+@contextmanager
+def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                   log_level: str = "warning") -> Iterator[str]:
+    """Serve `app` with uvicorn in a background thread (port 0: any free one); yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
