@@ -1,17 +1,70 @@
-"""Stage prepare: read every input (QA dump, TSV pairs, dialogues), normalize, filter, write parquet."""
+"""Stage prepare: read every input (QA dump, TSV pairs, dialogues), normalize, filter, write parquet.
 
+Streaming: the inputs are read a chunk at a time, each chunk is filtered at once, and polars sinks
+the kept pairs to parquet as they come, so memory holds a few chunks whatever the size of the dump.
+"""
+
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
+import polars as pl
 import typer
+from polars.io.plugins import register_io_source
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chitchat.data.filters import FilterConfig, apply_filters
-from chitchat.data.sources import parse_inputs, read_inputs
+from chitchat.data.sources import PAIR_SCHEMA, iter_pair_frames, parse_inputs
 from chitchat.errors import InputError
 from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
 READER_PARAMS = ("inputs", "lowercase", "yo_to_e", "missing_category", "max_history")
+
+
+class Tally:
+    """The metrics of the kept pairs, gathered chunk by chunk (a question never spans two chunks)."""
+
+    def __init__(self) -> None:
+        self.pairs_in, self.pairs_out, self.questions = 0, 0, 0
+        self.dropped: Counter = Counter()
+        self.per_source: Counter = Counter()
+        self.categories: set[str] = set()
+
+    def add(self, pairs: pl.DataFrame, kept: pl.DataFrame, dropped: dict[str, int]) -> None:
+        self.pairs_in += pairs.height
+        self.pairs_out += kept.height
+        self.questions += kept["qid"].n_unique()
+        self.dropped.update(dropped)
+        self.per_source.update(dict(kept.group_by("source").len().iter_rows()))
+        self.categories.update(kept["category"].unique().to_list())
+
+
+def sink_interruptibly(source: pl.LazyFrame, path: Path, stop: threading.Event) -> None:
+    """`source.sink_parquet(path)` in a thread: Ctrl-C reaches only a main thread that runs Python,
+    so this one waits in short joins; on Ctrl-C it sets `stop`, which the source checks per chunk."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            source.sink_parquet(path)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="chitchat-sink")
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        worker.join()
+        raise
+    if failure:
+        raise failure[0]
 
 
 @app.command()
@@ -29,27 +82,43 @@ def main(
         max_history = int(p.get("max_history", 0))
         if max_history < 0:
             raise ValueError(f"prepare.max_history must be >= 0, got {max_history}")
-        pairs, reports = read_inputs(specs, p.get("lowercase", False), p.get("yo_to_e", False),
-                                     p.get("missing_category", "Без категории"), max_history)
-        kept, dropped = apply_filters(pairs, config_from(FilterConfig, p, "prepare", ignore=READER_PARAMS))
-        if kept.height == 0:
-            raise InputError(specs[0].path, f"no pairs left after filtering ({pairs.height} read)")
-        with atomic_path(out) as tmp:
-            kept.write_parquet(tmp)
-        per_source = dict(kept.group_by("source").len().sort("source").iter_rows())
+        cfg = config_from(FilterConfig, p, "prepare", ignore=READER_PARAMS)
+        reports: dict = {}
+        tally = Tally()
+        # transient: gone when done (and silent in logs), so an error stays the only line on stderr
+        bar = Progress(SpinnerColumn(), TextColumn("prepare: {task.completed:,} pairs read"), TimeElapsedColumn(),
+                       console=Console(stderr=True), transient=True)
+        task = bar.add_task("prepare", total=None)
+        stop = threading.Event()
+
+        def kept_pairs(*_ignored) -> Iterator[pl.DataFrame]:
+            """The polars source: filtered chunks, tallied on the way to the parquet sink."""
+            for pairs in iter_pair_frames(specs, p.get("lowercase", False), p.get("yo_to_e", False),
+                                          p.get("missing_category", "Без категории"), max_history, reports):
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                kept, dropped = apply_filters(pairs, cfg)
+                tally.add(pairs, kept, dropped)
+                bar.update(task, completed=tally.pairs_in)
+                yield kept
+
+        with bar, atomic_path(out) as tmp:
+            sink_interruptibly(register_io_source(kept_pairs, schema=PAIR_SCHEMA), tmp, stop)
+            if tally.pairs_out == 0:  # inside the block: the temporary file goes, nothing is written
+                raise InputError(specs[0].path, f"no pairs left after filtering ({tally.pairs_in} read)")
         write_json(metrics, {
             "inputs": [vars(s) for s in specs],
             "read": {name: report.as_dict() for name, report in reports.items()},
-            "pairs_in": pairs.height,
-            "pairs_out": kept.height,
-            "pairs_out_per_source": per_source,
-            "pairs_dropped": dropped,
-            "pairs_dropped_total": pairs.height - kept.height,
-            "questions_out": kept["qid"].n_unique(),
-            "categories_out": kept["category"].n_unique(),
+            "pairs_in": tally.pairs_in,
+            "pairs_out": tally.pairs_out,
+            "pairs_out_per_source": dict(sorted(tally.per_source.items())),
+            "pairs_dropped": dict(sorted(tally.dropped.items())),
+            "pairs_dropped_total": tally.pairs_in - tally.pairs_out,
+            "questions_out": tally.questions,
+            "categories_out": len(tally.categories),
         })
         records = sum(r.records_ok for r in reports.values())
-        typer.echo(f"prepare: {records} records -> {pairs.height} pairs -> {kept.height} kept", err=True)
+        typer.echo(f"prepare: {records} records -> {tally.pairs_in} pairs -> {tally.pairs_out} kept", err=True)
 
 
 if __name__ == "__main__":

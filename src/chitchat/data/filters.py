@@ -38,6 +38,19 @@ def _bounds(rules: list, column: str, measure: pl.Expr, lo: int, hi: int, unit: 
         rules.append((measure > hi, f"{column}_too_long_{unit}"))
 
 
+def _word_bounds(rules: list, column: str, text: pl.Expr, lo: int, hi: int) -> None:
+    """_bounds on the word count, counting words only where the answer could depend on it.
+
+    Counting is the dearest filter on millions of pairs. Fewer than 1 word means no non-space
+    character; more than `hi` words take at least 2 * hi + 1 characters, so shorter rows count as "".
+    """
+    few = ~text.str.contains(r"\S") if lo == 1 else word_count(text) < lo
+    rules.append((few, f"{column}_too_short_words"))
+    if hi > 0:
+        long_enough = pl.when(text.str.len_chars() > 2 * hi).then(text).otherwise(pl.lit(""))
+        rules.append((word_count(long_enough) > hi, f"{column}_too_long_words"))
+
+
 def drop_reason(cfg: FilterConfig) -> pl.Expr:
     """A string expression: the first filter a row fails, or null when it passes them all."""
     q, a = pl.col("question"), pl.col("answer")
@@ -48,9 +61,9 @@ def drop_reason(cfg: FilterConfig) -> pl.Expr:
     if cfg.drop_link_only:
         rules.append((a.str.contains(LINK_ONLY), "link_only_answer"))
     _bounds(rules, "question", q.str.len_chars(), cfg.min_question_chars, cfg.max_question_chars, "chars")
-    _bounds(rules, "question", word_count(q), cfg.min_question_words, cfg.max_question_words, "words")
+    _word_bounds(rules, "question", q, cfg.min_question_words, cfg.max_question_words)
     _bounds(rules, "answer", a.str.len_chars(), cfg.min_answer_chars, cfg.max_answer_chars, "chars")
-    _bounds(rules, "answer", word_count(a), cfg.min_answer_words, cfg.max_answer_words, "words")
+    _word_bounds(rules, "answer", a, cfg.min_answer_words, cfg.max_answer_words)
     if cfg.categories:
         rules.append((~pl.col("category").is_in(cfg.categories), "category_not_allowed"))
     expr = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))

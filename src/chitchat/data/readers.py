@@ -1,9 +1,19 @@
 """Line access to input files, plain or compressed (`.gz`, `.xz`, `.zip`, `.tar.*`), and the reader
 for the Ответы@Mail.ru dump (`.jsonl`, `.jsonl.gz`, `.jsonl.zip`).
 
+The dump has millions of lines, so nothing here loops over them in Python: a background thread
+decompresses the file in blocks of CHUNK_BYTES, polars splits each block into lines and parses the
+JSON (`qa_frames`). Only lines the vectorized parser could get wrong (a value of the wrong type, a key
+twice, malformed JSON) go through `json.loads`, which defines the rules.
+
 Fatal problems (missing, empty or corrupt file; a zip without a `.jsonl` member) raise InputError.
 Recoverable problems (a malformed line, a record without `question`...) skip the record and are
 counted by reason in a ReadReport, with the first line numbers of each, so nothing is lost silently.
+Hostile input (tests/test_hostile.py): a BOM at the start of a member and CR line ends are dropped;
+NUL bytes are removed and counted; a line that is not UTF-8 is skipped as `invalid_utf8`; of two
+equal keys the last wins, as in json.loads; a lone surrogate escape ("\\ud800") becomes NUL, which
+normalization removes; every member of an archive with the wanted suffix is read, in name order,
+with line numbers running on through them (`members` in the report gives each one's line count).
 """
 
 from __future__ import annotations
@@ -11,17 +21,38 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import queue
+import re
 import tarfile
+import threading
 import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, TypeVar
+
+import polars as pl
 
 from chitchat.errors import InputError
 
 MAX_EXAMPLE_LINES = 5
+CHUNK_BYTES = 16 << 20  # decompressed bytes parsed at a time: bounds memory, amortizes each polars call
+PREFETCH_CHUNKS = 2  # chunks the decompressing thread may run ahead of the parser
+BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: a line of only these is blank
+QA_DTYPE = pl.Struct({"question": pl.String, "category": pl.String, "responses": pl.List(pl.String)})
+# Polars' JSON decoder coerces (5 -> "5", "x" -> ["x"]) and keeps the first of two equal keys; a
+# line where that could matter goes to json.loads instead. Over-matching only costs speed.
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_SUSPECT = "|".join([
+    r'"(?:question|category)"\s*:\s*[^"\sn]',  # a value neither a string nor null
+    r'"responses"\s*:\s*(?:[^\[\sn]|\[\s*(?:' + _STRING + r'\s*,\s*)*[^"\s\]])',  # not a list of strings
+    *(rf'"{key}"\s*:.*"{key}"\s*:' for key in ("question", "responses", "category")),  # a key twice
+    r'"[^"]*\\u[0-9a-fA-F]{4}[^"]*"\s*:',  # an escaped key name ("\u0071uestion")
+])
+WHITESPACE_ONLY = r"^[\s\x1c-\x1f]*$"  # Python's str.strip() would leave nothing
+_SURROGATE = re.compile("[\ud800-\udfff]")
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +65,8 @@ class ReadReport:
     skipped_lines: dict[str, list[int]] = field(default_factory=dict)
     responses_skipped: Counter = field(default_factory=Counter)
     category_missing: int = 0
+    nul_bytes: int = 0  # NUL bytes removed from the lines before parsing
+    members: dict[str, int] = field(default_factory=dict)  # archive member -> lines read from it
 
     def skip(self, reason: str, line_no: int) -> None:
         """Count one skipped record and remember its line number among the first few."""
@@ -41,6 +74,17 @@ class ReadReport:
         lines = self.skipped_lines.setdefault(reason, [])
         if len(lines) < MAX_EXAMPLE_LINES:
             lines.append(line_no)
+
+    def skip_many(self, skips: pl.DataFrame) -> None:
+        """Count skipped records given as a (line, reason) frame, in line order."""
+        if skips.height == 0:
+            return
+        per_reason = (skips.sort("line").group_by("reason", maintain_order=True)
+                      .agg(pl.len(), pl.col("line").head(MAX_EXAMPLE_LINES)))
+        for reason, count, lines in per_reason.iter_rows():
+            self.skipped[reason] += count
+            kept = self.skipped_lines.setdefault(reason, [])
+            kept.extend(lines[: MAX_EXAMPLE_LINES - len(kept)])
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +95,8 @@ class ReadReport:
             "records_skipped_first_lines": dict(sorted(self.skipped_lines.items())),
             "responses_skipped": dict(sorted(self.responses_skipped.items())),
             "category_missing": self.category_missing,
+            "nul_bytes_removed": self.nul_bytes,
+            "members": dict(sorted(self.members.items())),
         }
 
 
@@ -64,16 +110,30 @@ class QARecord:
     responses: list[str]
 
 
+@dataclass(frozen=True)
+class LineChunk:
+    """Consecutive lines of one input: line ends and a leading BOM removed, NUL bytes dropped."""
+
+    first_line: int  # 1-based number of lines[0], counted through every member read
+    lines: pl.Series  # String; null where the line is not valid UTF-8
+    member: str  # archive member the lines come from ("" for a plain or .gz/.xz file)
+    nul_bytes: int  # NUL bytes removed from these lines
+
+
 def _members(path: Path, names: list[str], suffixes: tuple[str, ...]) -> list[str]:
-    """Archive members with one of `suffixes`, in name order; none is fatal."""
-    members = sorted(n for n in names if n.lower().endswith(suffixes) and not n.endswith("/"))
+    """Archive members with one of `suffixes`, in name order; none is fatal.
+
+    macOS's resource forks (`__MACOSX/`, `._name`) are binary whatever their suffix: left out.
+    """
+    members = sorted(n for n in names if n.lower().endswith(suffixes) and not n.endswith("/")
+                     and not n.startswith("__MACOSX/") and not Path(n).name.startswith("._"))
     if not members:
         shown = ", ".join(names[:5]) or "none"
         raise InputError(path, f"archive has no {' or '.join(suffixes)} member (members: {shown})")
     return members
 
 
-def _zip_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
+def _zip_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -81,10 +141,10 @@ def _zip_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
     with archive:
         for name in _members(path, archive.namelist(), suffixes):
             with archive.open(name) as handle:
-                yield handle
+                yield name, handle
 
 
-def _tar_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
+def _tar_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
     try:
         archive = tarfile.open(path, "r:*")
     except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error):
@@ -94,10 +154,11 @@ def _tar_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
         for name in _members(path, list(files), suffixes):
             handle = archive.extractfile(files[name])
             if handle is not None:
-                yield handle
+                yield name, handle
 
 
-def _raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
+def _raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
+    """(member name, binary stream) for each part of `path` to read; "" names a non-archive."""
     if not path.exists():
         raise InputError(path, "input file not found")
     if not path.is_file():
@@ -111,87 +172,258 @@ def _raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[IO[bytes]]:
         yield from _tar_stream(path, suffixes)
     elif name.endswith(".gz"):
         with gzip.open(path, "rb") as handle:
-            yield handle
+            yield "", handle
     elif name.endswith(".xz"):
         with lzma.open(path, "rb") as handle:
-            yield handle
+            yield "", handle
     else:
         with open(path, "rb") as handle:
-            yield handle
+            yield "", handle
+
+
+def _stream_errors(path: Path, line_no: int, exc: BaseException) -> InputError:
+    """The one-line error for a stream that fails mid-way."""
+    if isinstance(exc, zipfile.BadZipFile):
+        return InputError(path, f"corrupt zip member ({exc})")
+    if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
+        return InputError(path, f"cannot read ({exc.strerror or exc})")
+    return InputError(path, f"compressed stream is truncated or corrupt after line {line_no}")
+
+
+_STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile, OSError)
 
 
 def iter_lines(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",)) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, raw line without the line end) across all members of `path`.
 
-    In an archive (zip, tar) only members whose names end with one of `suffixes` are read.
+    In an archive (zip, tar) only members whose names end with one of `suffixes` are read. For a
+    look at the first lines; whole files are read by iter_line_chunks.
     """
     path = Path(path)
     line_no = 0
     try:
-        for stream in _raw_streams(path, suffixes):
+        for _, stream in _raw_streams(path, suffixes):
             for raw in stream:
                 line_no += 1
                 if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
                 yield line_no, raw.rstrip(b"\r\n")
-    except (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, tarfile.TarError):
-        raise InputError(path, f"compressed stream is truncated or corrupt after line {line_no}") from None
-    except zipfile.BadZipFile as exc:
-        raise InputError(path, f"corrupt zip member ({exc})") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    except _STREAM_ERRORS as exc:
+        raise _stream_errors(path, line_no, exc) from None
 
 
-def _parse(line_no: int, raw: bytes, report: ReadReport) -> QARecord | None:
+def _split_lines(body: bytes) -> pl.Series:
+    """The lines of `body` (no trailing newline) as strings; null where a line is not UTF-8."""
     try:
-        text = raw.decode("utf-8")
+        return pl.Series([body], dtype=pl.Binary).cast(pl.String).str.split("\n").explode()
+    except pl.exceptions.PolarsError:  # some line is not UTF-8: this chunk is decoded line by line
+        return pl.Series([_utf8_or_none(line) for line in body.split(b"\n")], dtype=pl.String)
+
+
+def _utf8_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        report.skip("invalid_utf8", line_no)
         return None
+
+
+def _chunks(path: Path, suffixes: tuple[str, ...], chunk_bytes: int) -> Iterator[LineChunk]:
+    """Read each member in blocks, cut at the last line end of the block, split in polars."""
+    line_no = 0
+    try:
+        for member, stream in _raw_streams(path, suffixes):
+            pending, first = [], True  # bytes of the unfinished last line
+            while True:
+                block = stream.read(chunk_bytes)
+                if block:
+                    cut = block.rfind(b"\n")
+                    if cut < 0:  # a line longer than a block
+                        pending.append(block)
+                        continue
+                    body, pending = b"".join([*pending, block[:cut]]), [block[cut + 1:]]
+                elif any(pending):  # the last line has no line end
+                    body, pending = b"".join(pending), []
+                else:
+                    break
+                nul = body.count(b"\x00")
+                lines = _split_lines(body.replace(b"\x00", b"") if nul else body).str.strip_chars_end("\r")
+                if first and lines[0] is not None and lines[0].startswith("\ufeff"):
+                    lines = lines.scatter(0, lines[0][1:])
+                first = False
+                yield LineChunk(line_no + 1, lines, member, nul)
+                line_no += len(lines)
+    except _STREAM_ERRORS as exc:
+        raise _stream_errors(path, line_no, exc) from None
+
+
+def _prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Run the iterator `items` in a thread up to `depth` items ahead.
+
+    zlib, lzma and polars release the GIL, so decompressing the next block overlaps with parsing
+    this one. Errors raised in the thread are raised here.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((None, exc))
+        finally:
+            getattr(items, "close", lambda: None)()
+
+    thread = threading.Thread(target=work, name="chitchat-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if exc is not None:
+                raise exc
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def iter_line_chunks(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",),
+                     chunk_bytes: int | None = None) -> Iterator[LineChunk]:
+    """Every line of `path` (of its members with `suffixes`, in name order) in chunks of lines.
+
+    Line numbers run on through the members. A truncated or corrupt stream raises InputError.
+    """
+    return _prefetch(_chunks(Path(path), suffixes, chunk_bytes or CHUNK_BYTES), PREFETCH_CHUNKS)
+
+
+def note_chunk(chunk: LineChunk, report: ReadReport) -> None:
+    """Count the chunk's removed NUL bytes and its lines under its archive member."""
+    report.nul_bytes += chunk.nul_bytes
+    if chunk.member:
+        report.members[chunk.member] = report.members.get(chunk.member, 0) + len(chunk.lines)
+
+
+def nonblank_lines(chunk: LineChunk, report: ReadReport) -> pl.DataFrame:
+    """(line, text) of the chunk's non-blank lines; lines that are not UTF-8 are counted and left out."""
+    note_chunk(chunk, report)
+    frame = pl.DataFrame({"text": chunk.lines}).with_row_index("line", chunk.first_line)
+    invalid = frame.filter(pl.col("text").is_null()).select("line", reason=pl.lit("invalid_utf8"))
+    frame = frame.filter(pl.col("text").str.strip_chars(BLANK) != "")
+    report.lines += frame.height + invalid.height
+    report.skip_many(invalid)
+    return frame
+
+
+def _text(value: str) -> str:
+    """A lone surrogate escape ("\\ud800") becomes NUL, as polars' decoder makes it (normalize drops it)."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\x00", value)
+
+
+def _parse(line: int, text: str) -> tuple:
+    """(line, question, category, responses, reason, non-string responses) by json.loads: the rules."""
     try:
         obj = json.loads(text)
-    except ValueError:
-        report.skip("malformed_json", line_no)
-        return None
+    except (ValueError, RecursionError):
+        return line, None, None, None, "malformed_json", 0
     if not isinstance(obj, dict):
-        report.skip("not_an_object", line_no)
-        return None
-    question = obj.get("question")
+        return line, None, None, None, "not_an_object", 0
+    question, responses, category = obj.get("question"), obj.get("responses"), obj.get("category")
     if question is None:
-        report.skip("missing_question", line_no)
-        return None
+        return line, None, None, None, "missing_question", 0
     if not isinstance(question, str):
-        report.skip("question_not_string", line_no)
-        return None
-    responses = obj.get("responses")
+        return line, None, None, None, "question_not_string", 0
     if responses is None:
-        report.skip("missing_responses", line_no)
-        return None
+        return line, None, None, None, "missing_responses", 0
     if not isinstance(responses, list):
-        report.skip("responses_not_list", line_no)
-        return None
-    answers = [r for r in responses if isinstance(r, str)]
-    if len(answers) < len(responses):
-        report.responses_skipped["not_a_string"] += len(responses) - len(answers)
+        return line, None, None, None, "responses_not_list", 0
+    answers = [_text(r) for r in responses if isinstance(r, str)]
+    bad = len(responses) - len(answers)
     if not answers:
-        report.skip("no_responses", line_no)
-        return None
-    category = obj.get("category")
-    if not isinstance(category, str) or not category.strip():
-        report.category_missing += 1
-        category = ""
-    return QARecord(line_no, question, category, answers)
+        return line, None, None, None, "no_responses", bad
+    category = _text(category) if isinstance(category, str) and category.strip() else None
+    return line, _text(question), category, answers, None, bad
+
+
+_PARSED = {"line": pl.UInt32, "question": pl.String, "category": pl.String, "responses": pl.List(pl.String),
+           "reason": pl.String, "bad": pl.Int64}
+
+
+def _decode(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(decoded, failed): polars parses the lines; a failing batch is halved to isolate the bad lines."""
+    try:
+        return frame.select("line", rec=pl.col("text").str.json_decode(QA_DTYPE)).unnest("rec"), frame.clear()
+    except pl.exceptions.PolarsError:
+        if frame.height <= 16:
+            return pl.DataFrame(schema={"line": pl.UInt32, **{f.name: f.dtype for f in QA_DTYPE.fields}}), frame
+        half = frame.height // 2
+        (ok_a, bad_a), (ok_b, bad_b) = _decode(frame.slice(0, half)), _decode(frame.slice(half))
+        return pl.concat([ok_a, ok_b]), pl.concat([bad_a, bad_b])
+
+
+def _classify(decoded: pl.DataFrame) -> pl.DataFrame:
+    """The rules of _parse on lines polars decoded exactly (strings or null, lists of strings)."""
+    n = pl.col("responses").list.len()
+    reason = (pl.when(pl.col("question").is_null()).then(pl.lit("missing_question"))
+              .when(pl.col("responses").is_null()).then(pl.lit("missing_responses"))
+              .when(n == 0).then(pl.lit("no_responses")))
+    blank = pl.col("category").is_null() | pl.col("category").str.contains(WHITESPACE_ONLY)
+    return decoded.select(
+        "line", "question", pl.when(blank).then(None).otherwise("category").alias("category"), "responses",
+        reason.alias("reason"), pl.lit(0, pl.Int64).alias("bad"))
+
+
+def parse_qa_lines(frame: pl.DataFrame, report: ReadReport) -> pl.DataFrame:
+    """Valid records of (line, text) JSON lines as (line, question, category, responses).
+
+    `category` is null where missing or blank. Skipped records and dropped responses are counted.
+    """
+    text = pl.col("text").str.strip_chars(BLANK)
+    suspect = ~text.str.starts_with("{") | ~text.str.ends_with("}") | text.str.contains(_SUSPECT)
+    frame = frame.with_columns(text, suspect=suspect)
+    decoded, failed = _decode(frame.filter(~pl.col("suspect")))
+    slow = pl.concat([frame.filter(pl.col("suspect")), failed]).select("line", "text")
+    parsed = pl.concat([_classify(decoded),
+                        pl.DataFrame([_parse(*row) for row in slow.iter_rows()], schema=_PARSED, orient="row")])
+    parsed = parsed.sort("line")
+    report.skip_many(parsed.filter(pl.col("reason").is_not_null()).select("line", "reason"))
+    bad = int(parsed["bad"].sum())
+    if bad:
+        report.responses_skipped["not_a_string"] += bad
+    ok = parsed.filter(pl.col("reason").is_null()).drop("reason", "bad")
+    report.records_ok += ok.height
+    report.category_missing += ok["category"].null_count()
+    return ok
+
+
+def qa_frames(path: str | Path, report: ReadReport) -> Iterator[pl.DataFrame]:
+    """The valid records of a QA dump, a frame per chunk (see parse_qa_lines); skips are counted."""
+    for chunk in iter_line_chunks(path):
+        records = parse_qa_lines(nonblank_lines(chunk, report), report)
+        if records.height:
+            yield records
+    if report.lines == 0:
+        raise InputError(path, "file has no records (only blank lines)")
 
 
 def read_qa_jsonl(path: str | Path, report: ReadReport) -> Iterator[QARecord]:
     """Yield valid records of a QA dump, counting every skipped one in `report`."""
-    for line_no, raw in iter_lines(path):
-        if not raw.strip():
-            continue
-        report.lines += 1
-        record = _parse(line_no, raw, report)
-        if record is not None:
-            report.records_ok += 1
-            yield record
-    if report.lines == 0:
-        raise InputError(path, "file has no records (only blank lines)")
+    for frame in qa_frames(path, report):
+        for line, question, category, responses in frame.iter_rows():
+            yield QARecord(line, question, category or "", responses)

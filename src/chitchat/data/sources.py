@@ -8,6 +8,9 @@ Formats:
   Every turn after the first answers the one before it, with up to `max_history` earlier turns
   kept in the `history` column.
 - `auto`: told apart by the file name (`.jsonl`, `.tsv`, `.json`), else by the first non-blank line.
+
+The QA dump and TSV pairs are read, normalized and turned into pairs a chunk at a time in polars
+(iter_pair_frames); only dialogues, which run across lines, are assembled in a Python loop.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from chitchat.data.normalize import normalize_text
-from chitchat.data.readers import ReadReport, iter_lines, read_qa_jsonl
+from chitchat.data.normalize import normalize_series, normalize_text
+from chitchat.data.readers import (WHITESPACE_ONLY, ReadReport, iter_line_chunks, iter_lines, nonblank_lines,
+                                   note_chunk, qa_frames)
 from chitchat.errors import InputError
 
 FORMATS = ("auto", "qa_jsonl", "pairs_tsv", "dialogues")
@@ -34,7 +40,9 @@ PAIR_SCHEMA = {
     "answer": pl.String,
     "history": pl.List(pl.String),  # earlier turns, oldest first (dialogues only)
 }
-CHUNK_ROWS = 200_000  # pairs buffered in Python lists before they become a polars frame
+CHUNK_ROWS = 200_000  # dialogue pairs buffered in Python lists before they become a polars frame
+_RECORDS = {"line": pl.UInt32, "question": pl.String, "category": pl.String, "answers": pl.List(pl.String),
+            "history": pl.List(pl.String)}  # what each format's reader yields; category null = none
 _DASHES = ("- ", "– ", "— ")
 
 
@@ -97,73 +105,65 @@ def detect_format(path: str | Path) -> str:
     raise InputError(path, "file has no records (only blank lines)")
 
 
-def _decode(raw: bytes, line_no: int, report: ReadReport) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        report.skip("invalid_utf8", line_no)
-        return None
-
-
-def iter_qa(path: str, report: ReadReport) -> Iterator[tuple[int, str, str, list[str], list[str]]]:
-    """(line, question, category, answers, history) per record of a QA dump."""
-    for record in read_qa_jsonl(path, report):
-        yield record.line, record.question, record.category, record.responses, []
-
-
-def iter_tsv(path: str, report: ReadReport) -> Iterator[tuple[int, str, str, list[str], list[str]]]:
-    """(line, question, category, [answer], []) per `question<TAB>answer[<TAB>category]` line."""
-    for line_no, raw in iter_lines(path, TEXT_MEMBERS):
-        if not raw.strip():
-            continue
-        report.lines += 1
-        text = _decode(raw, line_no, report)
-        if text is None:
-            continue
-        fields = text.split("\t")
-        if len(fields) < 2:
-            report.skip("no_tab", line_no)
-            continue
-        if len(fields) > 3:
-            report.skip("too_many_tabs", line_no)
-            continue
-        report.records_ok += 1
-        category = fields[2] if len(fields) == 3 else ""
-        report.category_missing += not category.strip()
-        yield line_no, fields[0], category, [fields[1]], []
+def _tsv_frames(path: str, report: ReadReport) -> Iterator[pl.DataFrame]:
+    """(line, question, category, answers, history) per `question<TAB>answer[<TAB>category]` line."""
+    for chunk in iter_line_chunks(path, TEXT_MEMBERS):
+        lines = nonblank_lines(chunk, report).with_columns(fields=pl.col("text").str.split("\t"))
+        n = pl.col("fields").list.len()
+        reason = pl.when(n < 2).then(pl.lit("no_tab")).when(n > 3).then(pl.lit("too_many_tabs"))
+        lines = lines.with_columns(reason=reason)
+        report.skip_many(lines.filter(pl.col("reason").is_not_null()).select("line", "reason"))
+        ok = lines.filter(pl.col("reason").is_null()).select(
+            "line",
+            question=pl.col("fields").list.get(0),
+            category=pl.col("fields").list.get(2, null_on_oob=True),
+            answers=pl.concat_list(pl.col("fields").list.get(1)),
+            history=pl.lit([], dtype=pl.List(pl.String)),
+        )
+        ok = ok.with_columns(category=pl.when(pl.col("category").str.contains(WHITESPACE_ONLY))
+                             .then(None).otherwise("category"))
+        report.records_ok += ok.height
+        report.category_missing += ok["category"].null_count()
+        yield ok
 
 
 def _text_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
     """(first line, turns) per blank-line separated dialogue; a leading dash is not part of a turn."""
     turns: list[str] = []
     start = 0
-    for line_no, raw in iter_lines(path, TEXT_MEMBERS):
-        text = _decode(raw, line_no, report) if raw.strip() else ""
-        if text is None:
-            continue
-        text = text.strip()
-        if not text:
-            if turns:
-                yield start, turns
-            turns = []
-            continue
-        if not turns:
-            start = line_no
-        for dash in _DASHES:
-            if text.startswith(dash):
-                text = text[len(dash):]
-                break
-        turns.append(text)
+    for chunk in iter_line_chunks(path, TEXT_MEMBERS):
+        note_chunk(chunk, report)
+        for line_no, text in enumerate(chunk.lines.to_list(), chunk.first_line):
+            if text is None:
+                report.skip("invalid_utf8", line_no)
+                continue
+            text = text.strip()
+            if not text:
+                if turns:
+                    yield start, turns
+                turns = []
+                continue
+            if not turns:
+                start = line_no
+            for dash in _DASHES:
+                if text.startswith(dash):
+                    text = text[len(dash):]
+                    break
+            turns.append(text)
     if turns:
         yield start, turns
 
 
 def _json_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
     """(index + 1, turns) per dialogue of a JSON list of lists of strings."""
-    raw = b"\n".join(line for _, line in iter_lines(path, TEXT_MEMBERS))
+    parts = []
+    for chunk in iter_line_chunks(path, TEXT_MEMBERS):
+        if chunk.lines.null_count():
+            raise InputError(path, "not a JSON list of dialogues (UnicodeDecodeError)")
+        parts.append(chunk.lines.str.join("\n").item())
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = json.loads("\n".join(parts))
+    except ValueError as exc:
         raise InputError(path, f"not a JSON list of dialogues ({exc.__class__.__name__})") from None
     if not isinstance(data, list):
         raise InputError(path, "JSON dialogues must be a list of lists of strings")
@@ -174,10 +174,13 @@ def _json_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[s
         yield index, dialogue
 
 
-def iter_dialogue_pairs(path: str, report: ReadReport, max_history: int
-                        ) -> Iterator[tuple[int, str, str, list[str], list[str]]]:
-    """(line, previous turn, "", [turn], history) for every turn after the first of each dialogue."""
+def _dialogue_frames(path: str, report: ReadReport, max_history: int) -> Iterator[pl.DataFrame]:
+    """(line, previous turn, null, [turn], history) for every turn after the first of each dialogue.
+
+    Dialogues are stateful across lines and far smaller than the dump: a Python loop builds them.
+    """
     is_json = Path(path).name.lower().endswith((".json", ".json.gz", ".json.zip", ".json.xz"))
+    rows: list[tuple] = []
     for line_no, turns in (_json_dialogues if is_json else _text_dialogues)(path, report):
         report.lines += 1
         if len(turns) < 2:
@@ -186,43 +189,68 @@ def iter_dialogue_pairs(path: str, report: ReadReport, max_history: int
         report.records_ok += 1
         for i in range(1, len(turns)):
             history = turns[max(0, i - 1 - max_history) : i - 1] if max_history > 0 else []
-            yield line_no + (0 if is_json else i), turns[i - 1], "", [turns[i]], history
+            rows.append((line_no + (0 if is_json else i), turns[i - 1], None, [turns[i]], history))
+        if len(rows) >= CHUNK_ROWS:
+            yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
+            rows = []
+    yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
+
+
+def _normalized_history(history: pl.Series, norm: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """Normalize every turn of a list column: flatten, normalize once, rebuild with the same lengths."""
+    flat = norm(pl.Series(history.rechunk().to_arrow().flatten()))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(history.list.len().to_numpy())]), pa.int64())
+    return pl.Series(history.name, pa.LargeListArray.from_arrays(offsets, flat.to_arrow()))
+
+
+def _pairs(records: pl.DataFrame, source: str, qid: int, norm: Callable[[pl.Series], pl.Series], fallback: str,
+           categories: dict[str, str]) -> pl.DataFrame:
+    """PAIR_SCHEMA rows of records (line, question, category, answers, history): one per answer."""
+    cats = records["category"].unique().drop_nulls().to_list()
+    categories.update({c: normalize_text(c) or fallback for c in cats if c not in categories})
+    records = records.with_columns(
+        qid=pl.int_range(qid, qid + records.height, dtype=pl.UInt32),
+        question=norm(records["question"]),
+        category=pl.col("category").replace_strict(categories, default=fallback, return_dtype=pl.String),
+        history=_normalized_history(records["history"], norm) if records["history"].list.len().sum() else "history",
+    )
+    pairs = records.explode("answers").rename({"answers": "answer"})
+    pairs = pairs.with_columns(answer=norm(pairs["answer"]), source=pl.lit(source))
+    return pairs.select(pl.col(name).cast(dtype) for name, dtype in PAIR_SCHEMA.items())
+
+
+def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
+                     missing_category: str = "Без категории", max_history: int = 0,
+                     reports: dict[str, ReadReport] | None = None) -> Iterator[pl.DataFrame]:
+    """All inputs as normalized pairs tables (see PAIR_SCHEMA), a chunk at a time, so that prepare
+    can filter as it reads and hold only the pairs it keeps. `reports` gets a report per source."""
+    reports = {} if reports is None else reports
+    qid = 0
+
+    def norm(texts: pl.Series) -> pl.Series:
+        return normalize_series(texts, lowercase, yo_to_e)
+
+    for spec in specs:
+        report = reports[spec.source] = ReadReport()
+        fmt = detect_format(spec.path) if spec.format == "auto" else spec.format
+        if fmt == "qa_jsonl":
+            frames = (f.rename({"responses": "answers"}).with_columns(history=pl.lit([], dtype=pl.List(pl.String)))
+                      for f in qa_frames(spec.path, report))
+        elif fmt == "pairs_tsv":
+            frames = _tsv_frames(spec.path, report)
+        else:
+            frames = _dialogue_frames(spec.path, report, max_history)
+        categories: dict[str, str] = {}
+        for records in frames:
+            if records.height:
+                yield _pairs(records, spec.source, qid, norm, spec.category or missing_category, categories)
+                qid += records.height
 
 
 def read_inputs(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
                 missing_category: str = "Без категории", max_history: int = 0
                 ) -> tuple[pl.DataFrame, dict[str, ReadReport]]:
     """All inputs as one normalized pairs table (see PAIR_SCHEMA) and a read report per source."""
-    columns: dict[str, list] = {name: [] for name in PAIR_SCHEMA}
-    frames: list[pl.DataFrame] = []
     reports: dict[str, ReadReport] = {}
-    qid = 0
-
-    def flush() -> None:
-        frames.append(pl.DataFrame(columns, schema=PAIR_SCHEMA))
-        for values in columns.values():
-            values.clear()
-
-    def norm(text: str) -> str:
-        return normalize_text(text, lowercase, yo_to_e)
-
-    for spec in specs:
-        report = reports[spec.source] = ReadReport()
-        fmt = detect_format(spec.path) if spec.format == "auto" else spec.format
-        if fmt == "qa_jsonl":
-            records = iter_qa(spec.path, report)
-        elif fmt == "pairs_tsv":
-            records = iter_tsv(spec.path, report)
-        else:
-            records = iter_dialogue_pairs(spec.path, report, max_history)
-        fallback = spec.category or missing_category
-        for line, question, category, answers, history in records:
-            question, category, history = norm(question), normalize_text(category) or fallback, [norm(h) for h in history]
-            for answer in answers:
-                for name, value in zip(PAIR_SCHEMA, (qid, line, spec.source, question, category, norm(answer), history)):
-                    columns[name].append(value)
-            qid += 1
-            if len(columns["qid"]) >= CHUNK_ROWS:
-                flush()
-    flush()
-    return pl.concat(frames, how="vertical"), reports
+    frames = list(iter_pair_frames(specs, lowercase, yo_to_e, missing_category, max_history, reports))
+    return pl.concat([pl.DataFrame(schema=PAIR_SCHEMA), *frames], how="vertical"), reports

@@ -1,0 +1,328 @@
+"""prepare + dedup + split at the scale of the full dump: ours against the naive way and the floor.
+
+A seeded synthetic Ответы@Mail.ru dump (`--questions` records, about 4 answers each, Cyrillic text
+with Zipf-distributed words, 16 categories, exact and near duplicates, HTML entities, links, empty
+and very long answers, malformed lines) is written once to `--cache-dir` as `qa_data.jsonl.zip`.
+Then, each in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAGE_CHILDREN):
+
+- ours:  pipeline/prepare.py, dedup.py and split.py, run as DVC runs them (three processes);
+- naive: what the course projects wrote: json.loads per line, normalize_text per string, a pandas
+         DataFrame, the same filters, dedup rules and grouped split in pandas, parquet out;
+- floor: polars reading the zip member and parsing the NDJSON, nothing more (on a copy of the dump
+         without the malformed lines, which polars' reader cannot skip).
+
+    python benchmarks/data_stages.py --questions 50000      # quick
+    python benchmarks/data_stages.py                        # 1,000,000 questions, ~4M pairs
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import typer
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+app = typer.Typer(add_completion=False)
+GEN_VERSION = 2  # bump when the generator changes: cached dumps are keyed by it
+GEN_CHUNK = 100_000  # questions generated and compressed at a time (bounds the generator's memory)
+
+CATEGORIES = [  # the service's categories, most frequent first
+    "Компьютеры, Связь", "Семья, Дом, Дети", "Знакомства, Любовь, Отношения", "Образование",
+    "Красота и Здоровье", "Авто, Мото", "Юмор", "Философия, Непознанное", "Спорт",
+    "Еда, Кулинария", "Путешествия, Туризм", "Животные, Растения", "Общество, Политика, СМИ",
+    "Бизнес, Финансы", "Искусство и Культура", "Другое",
+]
+COMMON = ("не и в на что это как а я ты так да нет он она мы вы они у с по за то же бы ли если "
+          "когда где почему кто можно нужно очень просто все всё ещё уже есть был было будет").split()
+STOCK_ANSWERS = ["Не знаю", "Гугл в помощь", ")))", "Да", "Нет", "Конечно", "Никак", "Зачем?",
+                 "Спроси у мамы", "Лучше не надо"]
+PUNCT_WORDS = [",", "!", "?", "...", ")))", ":)", "&quot;ну&quot;", "<br>", "&amp;", "👍"]
+
+
+def _vocabulary(rng: np.random.Generator, size: int = 30_000) -> tuple[np.ndarray, np.ndarray]:
+    """Cyrillic pseudo-words from syllables, function words first, with Zipf weights."""
+    cons, vows = list("бвгджзклмнпрстфхцчшщ"), list("аеёиоуыэюя")
+    syll = np.array([c + v for c in cons for v in vows] + vows)
+    n_syll = rng.integers(1, 5, size)
+    parts = syll[rng.integers(0, len(syll), (size, 4))]
+    words = ["".join(parts[i, : n_syll[i]]) for i in range(size)]
+    vocab = np.array(COMMON + PUNCT_WORDS + words, dtype=object)
+    weights = 1.0 / (np.arange(len(vocab)) + 2.7)
+    return vocab, weights / weights.sum()
+
+
+def _texts(rng: np.random.Generator, vocab: pl.Series, cdf: np.ndarray, lengths: np.ndarray) -> pl.Series:
+    """One string per length: that many Zipf-drawn words joined by spaces (no Python loop)."""
+    ids = np.searchsorted(cdf, rng.random(int(lengths.sum())))
+    words = vocab.gather(ids).to_arrow()
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pl.Series(pa.LargeListArray.from_arrays(offsets.cast(pa.int64()), words)).list.join(" ")
+
+
+def _pick(shares: np.ndarray, cases: list[tuple[float, pl.Series | str]], default: pl.Series) -> pl.Series:
+    """Per row, the first case whose cumulative share exceeds the row's uniform draw, else `default`."""
+    expr, bound = pl, 0.0
+    for share, value in cases:
+        bound += share
+        expr = expr.when(pl.lit(pl.Series(shares < bound))).then(pl.lit(value))
+    return pl.select(expr.otherwise(pl.lit(default))).to_series()
+
+
+def _chunk_lines(rng: np.random.Generator, vocab: pl.Series, cdf: np.ndarray, n: int,
+                 previous: pl.Series | None) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """JSON lines for `n` questions, the same without the malformed ones, and the questions."""
+    questions = _texts(rng, vocab, cdf, np.clip(rng.lognormal(1.9, 0.5, n).astype(int), 1, 30))
+    questions = questions.str.head(1).str.to_uppercase() + questions.str.slice(1) + "?"
+    if previous is not None:  # re-asks of the previous chunk's questions: exact, and case/punctuation only
+        old = previous.gather(rng.integers(0, len(previous), n))
+        near = old.str.to_lowercase().str.replace_all("?", "", literal=True)
+        questions = _pick(rng.random(n), [(0.05, old), (0.03, near)], questions)
+    n_ans = np.clip(rng.poisson(3.0, n) + 1, 1, 25)
+    total = int(n_ans.sum())
+    a_len = np.clip(rng.lognormal(1.8, 0.8, total).astype(int), 1, 40)
+    very_long = rng.random(total) < 0.01
+    a_len[very_long] = rng.integers(60, 600, int(very_long.sum()))
+    answers = _texts(rng, vocab, cdf, a_len)
+    links = "https://otvet.mail.ru/question/" + pl.Series(rng.integers(1, 10**9, total)).cast(pl.String)
+    answers = _pick(rng.random(total), [
+        (0.02, questions.gather(np.repeat(np.arange(n), n_ans))),  # the answer repeats its question
+        (0.05, pl.Series(STOCK_ANSWERS).gather(rng.integers(0, len(STOCK_ANSWERS), total))),  # "Не знаю"
+        (0.01, links), (0.01, ""), (0.03, "&quot;" + answers + "&quot;<br>"),  # as scraped
+    ], answers)
+    cat_p = 1.0 / (np.arange(len(CATEGORIES)) + 1.5)
+    cats = pl.Series(CATEGORIES).gather(rng.choice(len(CATEGORIES), n, p=cat_p / cat_p.sum()))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(n_ans)]).astype(np.int64))
+    responses = pl.Series(pa.LargeListArray.from_arrays(offsets, answers.to_arrow()))
+    odd = rng.random(n)
+    frame = pl.DataFrame({"question": questions, "category": cats, "responses": responses}).with_columns(
+        category=pl.when(pl.lit(pl.Series(odd < 0.005))).then(None).otherwise("category"),
+        responses=pl.when(pl.lit(pl.Series((odd > 0.995) & (odd < 0.996)))).then(None).otherwise("responses"),
+    )
+    lines = frame.select(pl.struct(pl.all()).struct.json_encode()).to_series()
+    broken = rng.random(n) < 0.0005  # cut mid-line, as a crashed scraper leaves them
+    dirty = _pick(np.where(broken, 0.0, 1.0), [(0.5, lines.str.slice(0, lines.str.len_chars() // 2))], lines)
+    return dirty, lines.filter(~pl.Series(broken)), questions
+
+
+def generate_dump(folder: Path, questions: int, seed: int) -> tuple[Path, Path]:
+    """The dump and its copy without malformed lines, cached by size, seed and generator version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"qa_{questions}_s{seed}_v{GEN_VERSION}"
+    dirty, clean = folder / f"{stem}" / "qa_data.jsonl.zip", folder / f"{stem}" / "qa_clean.jsonl.zip"
+    if dirty.exists() and clean.exists():
+        return dirty, clean
+    dirty.parent.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    vocab, weights = _vocabulary(rng)
+    vocab_s, cdf = pl.Series(vocab.tolist()), np.cumsum(weights)
+    start = time.perf_counter()
+    previous = None
+    tmp_d, tmp_c = dirty.with_suffix(".tmp"), clean.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp_d, "w", zipfile.ZIP_DEFLATED) as zd, zipfile.ZipFile(tmp_c, "w", zipfile.ZIP_DEFLATED) as zc, \
+            zd.open("qa_data.jsonl", "w", force_zip64=True) as fd, zc.open("qa_data.jsonl", "w", force_zip64=True) as fc:
+        for done in range(0, questions, GEN_CHUNK):
+            d, c, previous = _chunk_lines(rng, vocab_s, cdf, min(GEN_CHUNK, questions - done), previous)
+            fd.write((d.str.join("\n").item() + "\n").encode("utf-8"))
+            fc.write((c.str.join("\n").item() + "\n").encode("utf-8"))
+            print(f"generated {done + len(d):,} questions in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    tmp_d.rename(dirty)
+    tmp_c.rename(clean)
+    return dirty, clean
+
+
+# ---------------------------------------------------------------- the three variants ----------------
+
+def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
+    """The course projects' way: json.loads and normalize_text per line, pandas for the rest."""
+    import io
+
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    from chitchat.data.filters import LINK_ONLY
+    from chitchat.data.normalize import normalize_text
+
+    params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    p, d, s = params["prepare"], params["dedup"], params["split"]
+    start, phases = time.perf_counter(), {}
+    rows = []
+    with zipfile.ZipFile(dump) as archive:
+        member = next(n for n in archive.namelist() if n.endswith(".jsonl"))
+        for line in io.TextIOWrapper(archive.open(member), encoding="utf-8", errors="replace"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("question"), str):
+                continue
+            responses = obj.get("responses")
+            if not isinstance(responses, list):
+                continue
+            question = normalize_text(obj["question"])
+            category = normalize_text(obj.get("category") or "") or p["missing_category"]
+            for answer in responses:
+                if isinstance(answer, str):
+                    rows.append((question, category, normalize_text(answer)))
+    df = pd.DataFrame(rows, columns=["question", "category", "answer"])
+    pairs_in = len(df)
+    q_words, a_words = df["question"].str.split().str.len(), df["answer"].str.split().str.len()
+    q_chars, a_chars = df["question"].str.len(), df["answer"].str.len()
+    keep = ((q_chars >= max(1, p["min_question_chars"])) & (a_chars >= max(1, p["min_answer_chars"]))
+            & (q_chars <= p["max_question_chars"]) & (a_chars <= p["max_answer_chars"])
+            & (q_words >= p["min_question_words"]) & (q_words <= p["max_question_words"])
+            & (a_words >= p["min_answer_words"]) & (a_words <= p["max_answer_words"])
+            & ~df["answer"].str.contains(LINK_ONLY, regex=True))
+    df = df[keep]
+    prepared = len(df)
+    phases["prepare"] = time.perf_counter() - start
+
+    def key(col: pd.Series) -> pd.Series:
+        return (col.str.lower().str.replace("ё", "е").str.replace(r"[^\w\s]", " ", regex=True)
+                .str.replace("_", " ").str.replace(r"\s+", " ", regex=True).str.strip())
+
+    df = df.drop_duplicates(["question", "answer"])
+    df = df.assign(qkey=key(df["question"]), akey=key(df["answer"]))
+    df = df[df["qkey"] != df["akey"]]
+    df = df[df.groupby("qkey", sort=False).cumcount() < d["max_per_question"]]
+    deduped = len(df)
+    phases["dedup"] = time.perf_counter() - start - phases["prepare"]
+    groups = df.groupby("qkey", sort=False)["category"].first()
+    counts = groups.map(groups.value_counts())
+    strata = groups.where(counts >= 2, "__rare__")
+    n_held = round(len(groups) * (s["valid_fraction"] + s["test_fraction"]))
+    train_k, held_k = train_test_split(groups.index.to_numpy(), test_size=n_held, stratify=strata.to_numpy(),
+                                       random_state=s["seed"])
+    held = strata.loc[held_k]
+    held = held.where(held.map(held.value_counts()) >= 2, "__rare__")
+    valid_k, test_k = train_test_split(held.index.to_numpy(), test_size=round(len(groups) * s["test_fraction"]),
+                                       stratify=held.to_numpy(), random_state=s["seed"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for name, keys in (("train", train_k), ("valid", valid_k), ("test", test_k)):
+        part = df[df["qkey"].isin(set(keys))].drop(columns=["qkey", "akey"])
+        part.to_parquet(out_dir / f"{name}.parquet")
+        sizes[name] = len(part)
+    phases["split"] = time.perf_counter() - start - phases["prepare"] - phases["dedup"]
+    return {"pairs_in": pairs_in, "prepared": prepared, "deduped": deduped, "split": sizes, "phases": phases}
+
+
+def floor(clean: Path) -> dict:
+    """Polars reading the zip member and parsing the NDJSON: the least any prepare has to do."""
+    with zipfile.ZipFile(clean) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith(".jsonl")))
+    schema = {"question": pl.String, "category": pl.String, "responses": pl.List(pl.String)}
+    frame = pl.read_ndjson(data, schema=schema)
+    return {"records": frame.height, "bytes": len(data)}
+
+
+def ours_commands(dump: Path, work: Path) -> list[list[str]]:
+    """The three stage scripts, with a params file pointing prepare at the dump."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["prepare"]["inputs"] = [{"path": str(dump)}]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    py, stage, par = sys.executable, REPO / "pipeline", ["--params", str(work / "params.yaml")]
+    return [
+        [py, str(stage / "prepare.py"), *par, "--out", str(work / "prepared.parquet"), "--metrics", str(work / "prepare.json")],
+        [py, str(stage / "dedup.py"), *par, "--pairs", str(work / "prepared.parquet"), "--out", str(work / "dedup.parquet"),
+         "--metrics", str(work / "dedup.json")],
+        [py, str(stage / "split.py"), *par, "--pairs", str(work / "dedup.parquet"), "--out-dir", str(work / "split"),
+         "--metrics", str(work / "split.json")],
+    ]
+
+
+# ---------------------------------------------------------------- measuring --------------------------
+
+def measure(command: str) -> None:
+    """Run one command (JSON list); print its wall and CPU seconds and peak RSS (the only child here)."""
+    start = time.perf_counter()
+    proc = subprocess.run(json.loads(command), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{command} failed:\n{proc.stderr[-2000:]}")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss: the largest child, KiB on Linux
+    print(json.dumps({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+                      "stdout": proc.stdout}))
+
+
+INTERNAL = {  # what this file runs as a child process: python data_stages.py <name> <args>
+    "measure": measure,
+    "naive": lambda dump, params, out: print(json.dumps(naive(Path(dump), Path(params), Path(out)))),
+    "floor": lambda clean: print(json.dumps(floor(Path(clean)))),
+}
+
+
+def _measured(command: list[str]) -> dict:
+    """Measure in a fresh wrapper process, so that RUSAGE_CHILDREN holds only this command."""
+    proc = subprocess.run([sys.executable, __file__, "measure", json.dumps(command)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+@app.command()
+def main(
+    questions: int = typer.Option(1_000_000, help="questions in the synthetic dump (about 4 pairs each)"),
+    seed: int = typer.Option(0, help="seed of the synthetic dump"),
+    cache_dir: Path = typer.Option(Path.home() / ".cache" / "chitchat" / "bench", help="where dumps are kept"),
+    skip_naive: bool = typer.Option(False, help="leave out the slow naive variant"),
+) -> None:
+    """Print wall time and peak RSS of prepare + dedup + split: ours, the naive way and the floor."""
+    dump, clean = generate_dump(cache_dir, questions, seed)
+    with zipfile.ZipFile(dump) as archive:
+        raw_mb = sum(i.file_size for i in archive.infolist()) / 2**20
+    me = [sys.executable, __file__]
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        work = Path(tmp)
+        rows["floor: polars reads the zip member + NDJSON"] = _measured(me + ["floor", str(clean)])
+        for stage, command in zip(("prepare", "dedup", "split"), ours_commands(dump, work)):
+            rows[f"ours: {stage}"] = _measured(command)
+        metrics = {s: json.loads((work / f"{s}.json").read_text()) for s in ("prepare", "dedup", "split")}
+        if not skip_naive:
+            rows["naive: json.loads + normalize_text per line, pandas"] = _measured(
+                me + ["naive", str(dump), str(work / "params.yaml"), str(work / "naive")])
+    stages = [rows.pop(f"ours: {s}") for s in ("prepare", "dedup", "split")]
+    ours = {"wall": sum(r["wall"] for r in stages), "cpu": sum(r["cpu"] for r in stages),
+            "rss_mb": max(r["rss_mb"] for r in stages)}
+    floor_row = rows.pop("floor: polars reads the zip member + NDJSON")
+    table = {"floor: polars reads the zip member + NDJSON": floor_row,
+             **{f"ours: {s}": r for s, r in zip(("prepare", "dedup", "split"), stages)},
+             "**ours: prepare + dedup + split**": ours, **rows}
+    pre, ded, spl = (metrics[s] for s in ("prepare", "dedup", "split"))
+    print(f"\nSynthetic dump: {questions:,} questions, {raw_mb:,.0f} MB of JSON lines "
+          f"({dump.stat().st_size / 2**20:,.0f} MB zipped). Ours: {pre['pairs_in']:,} pairs read, "
+          f"{pre['pairs_out']:,} kept, {ded['pairs_out']:,} after dedup, split {spl['pairs']}\n")
+    print("| variant | wall s | CPU s | peak RSS MB |")
+    print("|---|---:|---:|---:|")
+    for name, r in table.items():
+        print(f"| {name} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['rss_mb']:,.0f} |")
+    print(f"\nours / floor: {ours['wall'] / floor_row['wall']:.2f}x wall, {ours['cpu'] / floor_row['cpu']:.2f}x CPU"
+          f" (goal <= 1.5x); prepare alone / floor: {stages[0]['wall'] / floor_row['wall']:.2f}x wall, "
+          f"{stages[0]['cpu'] / floor_row['cpu']:.2f}x CPU")
+    if not skip_naive:
+        naive_row = table["naive: json.loads + normalize_text per line, pandas"]
+        naive_out = json.loads(naive_row["stdout"])
+        phases = naive_out["phases"]
+        print(f"naive / ours: {naive_row['wall'] / ours['wall']:.1f}x wall, {naive_row['cpu'] / ours['cpu']:.1f}x CPU "
+              f"(goal >= 10x). Naive phases (s, in process): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+              + f"; its prepare / our prepare stage: {phases['prepare'] / stages[0]['wall']:.1f}x wall. "
+              f"Naive kept {naive_out['prepared']:,} -> {naive_out['deduped']:,} -> {naive_out['split']}")
+    print(f"ours peak RSS: {ours['rss_mb'] / 1024:.2f} GB (goal < 3 GB)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in INTERNAL:
+        INTERNAL[sys.argv[1]](*sys.argv[2:])
+    else:
+        app()
