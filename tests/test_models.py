@@ -112,3 +112,15 @@ def test_bad_config_is_rejected(bad, message):
 def test_unknown_model_param_is_rejected():
     with pytest.raises(ValueError, match="unknown model params: hiden_dim"):
         config_from(ModelConfig, {"hiden_dim": 3}, "model")
+
+
+def test_same_weights_give_a_byte_identical_checkpoint(tmp_path):
+    """DVC hashes data/model: saving the same weights twice must give the same bytes, whatever the
+    temporary file's name was."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(type="gru", vocab_size=50, pad_id=0, emb_dim=8, hidden_dim=8)
+    model = build_model(cfg)
+    paths = [tmp_path / name / "model.pt" for name in ("a", "b")]
+    for path in paths:
+        save_checkpoint(path, model, cfg, max_src_len=12)
+    assert paths[0].read_bytes() == paths[1].read_bytes()

@@ -17,8 +17,10 @@ CHECKPOINT_NAME = "model.pt"
 def save_checkpoint(path: str | Path, model: Seq2Seq, cfg: ModelConfig, **extra: Any) -> None:
     """Weights, model config and `extra` (tokenizer dir, length limits, train state) in one file."""
     state = {"model_config": cfg.as_dict(), "state_dict": model.state_dict(), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Through a file object: torch.save(path) names the zip's records after the file, and the temp
+    # file's name is random, so the same weights would hash differently on every run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, dict]:
