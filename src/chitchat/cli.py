@@ -12,13 +12,13 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
 
-from chitchat.decoding import DecodingConfig
+from chitchat.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
 from chitchat.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -297,10 +297,9 @@ class ChatSession:
             return
         key, eq, value = assignment.partition("=")
         key = key.strip().replace("-", "_")
-        kinds = {f.name: type(getattr(self.decoding, f.name)) for f in fields(self.decoding)}
-        if not eq or key not in kinds:
-            raise ValueError(f"/set needs KEY=VALUE with KEY one of {', '.join(kinds)}")
-        changed = replace(self.decoding, **{key: _parse(value.strip(), kinds[key], key)})
+        if not eq or key not in OPTION_TYPES:
+            raise ValueError(f"/set needs KEY=VALUE with KEY one of {', '.join(OPTION_TYPES)}")
+        changed = replace(self.decoding, **{key: parse_option_value(key, value.strip())})
         self.decoding = self.service.check_decoding(changed)
         typer.echo(f"({key}: {getattr(self.decoding, key)})")
 
@@ -308,18 +307,6 @@ class ChatSession:
         self.category, self.decoding = self.start
         self.history.clear()
         typer.echo("(conversation reset)")
-
-
-def _parse(text: str, kind: type, key: str):
-    """A /set value as the option's type."""
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise ValueError(f"{key} must be true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes", "on")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"{key} must be {kind.__name__}, got {text!r}") from None
 
 
 def _line_editing() -> None:

@@ -62,6 +62,24 @@ class DecodingConfig:
         return self
 
 
+OPTION_TYPES = {f.name: type(f.default) for f in dataclasses.fields(DecodingConfig)}
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def parse_option_value(key: str, text: str) -> Any:
+    """`text` typed (int, float, str, bool) as the DecodingConfig field `key` expects; ValueError
+    names the problem. The chat command's /set and the bot's /strategy options both read through it."""
+    kind = OPTION_TYPES[key]
+    if kind is bool:
+        if text.lower() not in _BOOLS:
+            raise ValueError(f"{key} must be true or false, got {text!r}")
+        return _BOOLS[text.lower()]
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{key} must be {kind.__name__}, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Hypothesis:
     """One answer; `score` ranks answers (see `generate`), `logprob` is under the model."""

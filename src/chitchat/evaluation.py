@@ -12,6 +12,7 @@ import torch
 
 from chitchat import metrics as M
 from chitchat.decoding import DecodingConfig, generate
+from chitchat.io import config_from
 from chitchat.models.base import Seq2Seq
 from chitchat.tokenizer import Tokenizer
 from chitchat.training.batching import collate, encode_pairs
@@ -27,11 +28,7 @@ class EvalConfig:
 
     def __post_init__(self):
         if isinstance(self.decoding, dict):  # from params.yaml: evaluate.decoding is a mapping
-            known = set(DecodingConfig.__dataclass_fields__)
-            unknown = sorted(set(self.decoding) - known)
-            if unknown:
-                raise ValueError(f"unknown evaluate.decoding params: {', '.join(unknown)}")
-            object.__setattr__(self, "decoding", DecodingConfig(**self.decoding))
+            object.__setattr__(self, "decoding", config_from(DecodingConfig, self.decoding, "evaluate.decoding"))
         if self.batch_size < 1:
             raise ValueError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
         try:

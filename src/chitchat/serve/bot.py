@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.enums import ChatAction
@@ -19,7 +19,7 @@ from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import BotCommand, KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove
 from aiogram.utils.token import TokenValidationError, validate_token
 
-from chitchat.decoding import STRATEGIES, DecodingConfig
+from chitchat.decoding import OPTION_TYPES, STRATEGIES, DecodingConfig, parse_option_value
 from chitchat.inference import ChatService, RequestError
 from chitchat.serve import limits
 from chitchat.serve.batcher import Batcher
@@ -40,9 +40,6 @@ HELP = """Write a question (in Russian) and I answer it.
 /strategy  shows the decoding options now in use
 /reset  forget this conversation and go back to the defaults
 /help  this text"""
-OPTION_TYPES = {f.name: type(f.default) for f in fields(DecodingConfig)}
-
-
 @dataclass
 class ChatState:
     """One chat's settings and conversation."""
@@ -60,15 +57,10 @@ def parse_option(assignment: str) -> tuple[str, object]:
     if not eq or key not in OPTION_TYPES or key == "strategy":
         options = ", ".join(k for k in OPTION_TYPES if k != "strategy")
         raise RequestError(f"{assignment!r} is not KEY=VALUE with KEY one of {options}")
-    kind, text = OPTION_TYPES[key], text.strip()
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise RequestError(f"{key} must be true or false, got {text!r}")
-        return key, text.lower() in ("true", "1", "yes", "on")
     try:
-        return key, kind(text)
-    except ValueError:
-        raise RequestError(f"{key} must be {kind.__name__}, got {text!r}") from None
+        return key, parse_option_value(key, text.strip())
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def format_answers(reply) -> str:
