@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.data.dedup import dedup_config, dedup_pairs
+from chitchat.data.dedup import KEY_COLUMNS, dedup_config, kept_rows
 from chitchat.io import atomic_path, load_params, section, write_json
 from chitchat.stage import stage_errors
 
@@ -23,9 +23,13 @@ def main(
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
         cfg = dedup_config(section(load_params(params), "dedup", params))
-        kept, report = dedup_pairs(pl.read_parquet(pairs), cfg)
+        # the rules read three columns; the rest streams from the input to the output file
+        columns = [c for c in KEY_COLUMNS if c in pl.read_parquet_schema(pairs)]
+        rows, report = kept_rows(pl.read_parquet(pairs, columns=columns), cfg)
         with atomic_path(out) as tmp:
-            kept.write_parquet(tmp)
+            (pl.scan_parquet(pairs).with_row_index("_row").join(rows.to_frame("_row").lazy(), on="_row",
+                                                                 how="semi", maintain_order="left")
+             .drop("_row").sink_parquet(tmp))
         write_json(metrics, report.as_dict())
         counts = ", ".join(f"{rule} {n}" for rule, n in report.removed.items() if n)
         typer.echo(f"dedup: {report.pairs_in} -> {report.pairs_out} pairs ({counts or 'nothing removed'})", err=True)

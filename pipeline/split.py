@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.data.split import SPLITS, SplitConfig, split_pairs
+from chitchat.data.split import SPLITS, SplitConfig, assign_splits
 from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
@@ -22,10 +22,11 @@ def main(
     """Split so that no question appears in two splits."""
     with stage_errors("split"):
         cfg = config_from(SplitConfig, section(load_params(params), "split", params), "split")
-        frames, report = split_pairs(pl.read_parquet(pairs), cfg, str(pairs))
-        for name in SPLITS:
+        df = pl.read_parquet(pairs)
+        labels, report = assign_splits(df, cfg, str(pairs))
+        for name in SPLITS:  # one split's frame at a time: memory stays near the input's size
             with atomic_path(out_dir / f"{name}.parquet") as tmp:
-                frames[name].write_parquet(tmp)
+                df.filter(labels == name).write_parquet(tmp)
         write_json(metrics, report)
         typer.echo(f"split: {report['pairs']}", err=True)
 

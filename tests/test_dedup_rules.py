@@ -243,3 +243,58 @@ def test_the_shared_dialogues():
     assert per_phrase.filter(pl.col("p") == "алло")["qid"].item() == 50  # opens ~300 exchanges
     assert 0 < report.first_phrases_capped <= per_phrase.filter(pl.col("qid") == 50).height
     assert seconds < 30  # 165k pairs; a second or two here
+
+
+def fuzz_texts(n=4000, seed=0):
+    """Short random texts of the characters the rules treat differently (case, ё, punctuation,
+    emoji, digits, tabs and newlines, runs), so that every rule has something to do."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = list("аабвгдеёЁЖжПРz ZaA  \t\n.,!?)😂_-12") + ["ааа", "!!!", "))))", "  ", "ΣΣΣ"]
+    return pl.Series([("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))) for _ in range(n)],
+                     dtype=pl.String)
+
+
+@pytest.mark.parametrize("mask", range(32))
+def test_fast_near_key_equals_the_rules_applied_one_by_one(mask):
+    from chitchat.data.dedup import fast_near_key
+
+    cfg = NearKeyConfig(**{r: bool(mask >> i & 1) for i, r in enumerate(NEAR_RULES)})
+    texts = fuzz_texts()
+    assert fast_near_key(texts, cfg).to_list() == near_key(texts, cfg).to_list()
+
+
+def test_fast_near_key_in_chunks_equals_one_pass(monkeypatch):
+    import chitchat.data.dedup as dedup
+
+    texts = fuzz_texts(1000, seed=1)
+    whole = dedup.fast_near_key(texts, NearKeyConfig())
+    monkeypatch.setattr(dedup, "KEY_CHUNK", 97)
+    assert dedup.fast_near_key(texts, NearKeyConfig()).to_list() == whole.to_list()
+
+
+def test_hashed_distinct_equals_plain_distinct_even_when_hashes_collide(monkeypatch):
+    import chitchat.data.dedup as dedup
+
+    rng = __import__("random").Random(3)
+    df = pl.DataFrame({"c": [rng.randint(0, 5) for _ in range(3000)],
+                       "t": [rng.choice(["да", "нет", "ну", "", "Да"]) for _ in range(3000)]})
+    pair = pl.struct("c", "t")
+    want = df.select(pair.is_first_distinct().alias("f"), pair.is_duplicated().alias("s"))
+    first, shared = dedup._distinct(df, "c", "t")
+    assert first.to_list() == want["f"].to_list() and shared.to_list() == want["s"].to_list()
+    # every text hashing alike: the exact comparison of the shared rows still tells them apart
+    monkeypatch.setattr(pl.Expr, "hash", lambda self, *a, **k: self.str.len_bytes().cast(pl.UInt64) * 0)
+    first, shared = dedup._distinct(df, "c", "t")
+    assert first.to_list() == want["f"].to_list() and shared.to_list() == want["s"].to_list()
+
+
+def test_kept_rows_reads_only_the_key_columns_and_keeps_the_rest_aligned():
+    from chitchat.data.dedup import kept_rows
+
+    df = near_table().with_columns(pl.Series("extra", [[str(i)] for i in range(10)]))
+    rows, report = kept_rows(df, DedupConfig())
+    out, _ = dedup_pairs(df, DedupConfig())
+    assert rows.to_list() == list(range(5)) and out["extra"].to_list() == [[str(i)] for i in range(5)]
+    assert report.pairs_out == 5

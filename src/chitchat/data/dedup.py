@@ -22,23 +22,44 @@ _FIRST_PHRASE = r"(?s)^(.*?\w.*?[.!?…]+)(?:\s|$)"
 _PUNCT = r"(?:[^\w\s]|_)+"  # punctuation, symbols and emoji (\w keeps letters and digits)
 
 
+# Characters a run can be made of without a scan: Russian and Latin letters and the punctuation of
+# chat text. Rows with any other non-digit, non-space character are scanned for theirs.
+_ALPHABET = ("абвгдеёжзийклмнопрстуфхцчшщъыьэюяАБВГДЕЁЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯ"
+             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" ".,!?)(:;-\"'…«»—–*+=/%&#@$^~<>[]{}|\\`")
+_OTHER_RS = "[^" + "".join(f"\\x{{{ord(c):X}}}" for c in _ALPHABET) + r"\d\s]"
+
+
+def _run_pattern(texts: pl.Series) -> str:
+    """An alternation of `c{3,}` over every character that occurs in `texts` (digits and whitespace
+    excepted): the alphabet above plus whatever the rows outside it hold."""
+    chars = set(_ALPHABET)
+    other = texts.str.contains(_OTHER_RS)
+    if other.any():
+        chars.update(texts.filter(other).str.split("").explode().drop_nulls().unique().to_list())
+    chars = pl.Series(sorted(chars), dtype=pl.String)
+    chars = chars.filter(~chars.str.contains(r"^[\d\s]$"))
+    return "|".join(f"\\x{{{ord(c):X}}}{{3,}}" for c in chars)
+
+
 def _collapse_repeats(texts: pl.Series) -> pl.Series:
     """Runs of 3+ identical characters (digits and whitespace excepted) become one character.
 
     Polars regex has no backreferences, so the runs are found with an alternation over the
-    characters present (а{3,}|б{3,}|...) and replaced, longest first, by their first character.
-    Each text's result depends on that text only.
+    characters present (а{3,}|б{3,}|...); only the rows holding a run are touched, each replaced,
+    longest run first, by its first character. Each text's result depends on that text only.
     """
-    chars = texts.str.split("").explode().drop_nulls().unique().sort()
-    chars = chars.filter(~chars.str.contains(r"^[\d\s]$"))
-    if chars.is_empty():
+    if texts.is_empty():
         return texts
-    runs = texts.str.extract_all("|".join(f"\\x{{{ord(c):X}}}{{3,}}" for c in chars))
-    runs = runs.explode().drop_nulls().unique().to_frame("run")
-    if runs.is_empty():
+    pattern = _run_pattern(texts)
+    has_run = texts.str.contains(pattern)
+    if not has_run.any():
         return texts
+    rows = has_run.arg_true()
+    sub = texts.gather(rows)
+    runs = sub.str.extract_all(pattern).explode().drop_nulls().unique().to_frame("run")
     runs = runs.sort(pl.col("run").str.len_chars(), "run", descending=[True, False])["run"]
-    return texts.str.replace_many(runs.to_list(), runs.str.slice(0, 1).to_list(), leftmost=True)
+    fixed = sub.str.replace_many(runs.to_list(), runs.str.slice(0, 1).to_list(), leftmost=True)
+    return texts.scatter(rows, fixed)
 
 
 def _drop_punctuation(texts: pl.Series) -> pl.Series:
@@ -110,6 +131,33 @@ def near_key(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
     return texts
 
 
+KEY_CHUNK = 1_000_000  # texts keyed at a time: bounds the memory of the intermediate columns
+
+
+def fast_near_key(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
+    """near_key, equal on every input, in fewer passes: with punctuation and whitespace both on,
+    every run of punctuation and spaces becomes one space (which run collapsing cannot cross,
+    as before) and the spaces go at the end: one regex pass instead of four. Long columns go a
+    chunk at a time (each text's key depends on that text only)."""
+    if len(texts) > KEY_CHUNK:
+        return pl.concat([fast_near_key(texts.slice(i, KEY_CHUNK), cfg) for i in range(0, len(texts), KEY_CHUNK)])
+    if not (cfg.punctuation and cfg.whitespace):
+        return near_key(texts, cfg)
+    texts = texts.to_frame("t").lazy().select(_case_expr(pl.col("t"), cfg).str.replace_all(r"[\W_]+", " ")).collect()["t"]
+    if cfg.repeats:
+        texts = _collapse_repeats(texts)
+    return texts.str.replace_all(" ", "", literal=True)
+
+
+def _case_expr(expr: pl.Expr, cfg: NearKeyConfig) -> pl.Expr:
+    """The casefold and yo_to_e rules as one expression (lazy frames run it on every core)."""
+    if cfg.casefold:
+        expr = expr.str.to_lowercase()
+    if cfg.yo_to_e:
+        expr = expr.str.replace_all("ё", "е", literal=True).str.replace_all("Ё", "Е", literal=True)
+    return expr
+
+
 def first_phrase(expr: pl.Expr) -> pl.Expr:
     """The text up to its first sentence end (. ! ? …), or the whole text when it has none."""
     return expr.str.extract(_FIRST_PHRASE, 1).fill_null(expr)
@@ -130,57 +178,129 @@ class DedupReport:
                 "first_phrases_capped": self.first_phrases_capped}
 
 
-def _near_dedup(df: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int]) -> pl.DataFrame:
-    """Keep the first pair of each (question key, answer key); count the extra pairs each rule
-    merges on top of the rules before it (and identical pairs, when `exact` is off)."""
-    keys = df.select("question", "answer")
-    distinct = keys.n_unique()
+def _question_runs(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """(first, index): rows that open a run of one question record (same question text and qid),
+    and each row's run number. Answers of one record are adjacent, so everything computed from the
+    question is computed once per run (a quarter of the rows in the dump) and gathered back."""
+    cols = ["question", "qid"] if "qid" in df.columns else ["question"]
+    first = df.select(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in cols)
+                      .fill_null(True).alias("first")).to_series()
+    return first, (first.cast(pl.UInt32).cum_sum() - 1)
+
+
+def _codes(keys: pl.Series) -> pl.Series:
+    """An integer per key, equal for equal keys (the position of the key's first occurrence):
+    grouping and comparing these is much cheaper, in time and memory, than the strings."""
+    return keys.to_frame("k").with_row_index("i").select(pl.col("i").min().over("k")).to_series()
+
+
+def _distinct(df: pl.DataFrame, code: str, text: str) -> tuple[pl.Series, pl.Series]:
+    """(first, shared) over the pairs (code, text): the first row of each pair value, and the rows
+    whose value occurs more than once. The text is grouped by its 64-bit hash; the few rows whose
+    hash is shared are compared by the text itself, so a collision never merges different texts."""
+    hashed = df.select(pl.struct(pl.col(code), pl.col(text).hash()).is_duplicated()).to_series()
+    rows = hashed.arg_true()
+    pair = pl.struct(code, text)
+    sub = df.select(pl.col(code).gather(rows), pl.col(text).gather(rows)).select(
+        pair.is_first_distinct().alias("first"), pair.is_duplicated().alias("shared"))
+    return (~hashed).scatter(rows, sub["first"]), hashed.scatter(rows, sub["shared"])
+
+
+def _near_dedup(df: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int]) -> pl.Series:
+    """Rows to keep: the first pair of each (question key, answer key); count the extra pairs each
+    rule merges on top of the rules before it (and identical pairs, when `exact` is off).
+
+    Only pairs whose full key is shared can merge under any prefix of the rules, so the per-rule
+    counts are taken on those few pairs alone, with the reference rules one at a time.
+    """
+    keep, shared = _distinct(df, "q_near", "a_near")
+    shared = df.filter(shared).select("question", "answer")
     if not cfg.exact:
-        removed["near_identical"] = df.height - distinct
+        removed["near_identical"] = shared.height - shared.n_unique()
+    distinct = shared.n_unique()
     for name in cfg.near.enabled():
-        keys = keys.select(NEAR_RULES[name](s) for s in keys.iter_columns())
-        removed[f"near_{name}"] = distinct - keys.n_unique()
+        shared = shared.select(NEAR_RULES[name](s) for s in shared.iter_columns())
+        removed[f"near_{name}"] = distinct - shared.n_unique()
         distinct -= removed[f"near_{name}"]
-    return df.filter(keys.select(pl.struct(pl.all()).is_first_distinct()).to_series())
+    return keep
 
 
-def _cap_first_phrase(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, int]:
-    """Keep the pairs of the first N questions (lowest qid: first read) per first-phrase key."""
-    phrase = near_key(df.select(first_phrase(pl.col("question")))["question"], cfg.near)
-    keyed = df.with_columns(phrase.alias("_phrase"))
-    over = keyed.select(pl.col("qid").rank("dense").over("_phrase") > cfg.max_per_first_phrase).to_series()
-    return df.filter(~over), phrase.filter(over).n_unique()
+def _answer_repeats_question(df: pl.DataFrame, q_match: pl.Series, cfg: DedupConfig) -> pl.Series:
+    """Rows whose answer has the question's match key (`q_match`: the key per question run).
+
+    With casefold, ё, punctuation and whitespace in the near key, equal match keys mean equal near
+    keys, so only the rows whose near keys are equal need the match key of their answer."""
+    near = cfg.near
+    if "a_near" in df.columns and near.casefold and near.yo_to_e and near.punctuation and near.whitespace:
+        rows = df.select((pl.col("a_near") == pl.col("q_near_text")).arg_true()).to_series()
+    else:
+        rows = pl.int_range(df.height, dtype=pl.UInt32, eager=True)
+    sub = df.select(pl.col("answer").gather(rows), pl.col("run").gather(rows))
+    same = sub.select(match_key(pl.col("answer")) == q_match.gather(sub["run"])).to_series()
+    return pl.repeat(False, df.height, dtype=pl.Boolean, eager=True).scatter(rows.filter(same), True)
 
 
-def dedup_pairs(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:
-    """Apply the enabled rules in order; rows keep their original order.
+KEY_COLUMNS = ("qid", "question", "answer")  # all the rules read: the rest of a row rides along
+
+
+def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupReport]:
+    """Apply the enabled rules in order to the key columns of `df` (the others are not read);
+    return the row numbers kept, ascending, and the report.
 
     The per-first-phrase cap needs a `qid` column (one id per question record: a QA question with
     all its answers, or one dialogue turn pair).
     """
+    if cfg.max_per_first_phrase > 0 and "qid" not in df.columns:
+        raise ValueError("dedup.max_per_first_phrase counts questions by qid; the table has no qid")
+    df = df.select(c for c in KEY_COLUMNS if c in df.columns).with_row_index("_row")
     pairs_in = df.height
     removed: dict[str, int] = {}
     capped = 0
 
+    # Everything about the question, once per question record, as integer codes per row; the texts
+    # stay per run (`run` indexes them) for the few rows that need them.
+    first, run = _question_runs(df)
+    questions = df["question"].filter(first)
+    q_match = questions.to_frame().select(match_key(pl.col("question"))).to_series()
+    df = df.with_columns(run.alias("run"), _codes(questions).gather(run).alias("q_text"),
+                         _codes(q_match).gather(run).alias("q_match"))
+    if cfg.near.enabled():
+        q_near = fast_near_key(questions, cfg.near)
+        df = df.with_columns(_codes(q_near).gather(run).alias("q_near"))
+    if cfg.max_per_first_phrase > 0:
+        phrases = fast_near_key(questions.to_frame().select(first_phrase(pl.col("question"))).to_series(), cfg.near)
+        df = df.with_columns(_codes(phrases).gather(run).alias("phrase"))
+    del questions
+
     if cfg.exact:
         before = df.height
-        df = df.unique(subset=["question", "answer"], keep="first", maintain_order=True)
+        df = df.filter(_distinct(df, "q_text", "answer")[0])
         removed["exact_duplicate"] = before - df.height
     if cfg.near.enabled():
-        df = _near_dedup(df, cfg, removed)
+        df = df.with_columns(fast_near_key(df["answer"], cfg.near).alias("a_near"))
+        df = df.filter(_near_dedup(df, cfg, removed))
     if cfg.answer_equals_question:
-        before = df.height
-        df = df.filter(match_key(pl.col("question")) != match_key(pl.col("answer")))
-        removed["answer_equals_question"] = before - df.height
+        if "a_near" in df.columns:
+            df = df.with_columns(q_near.gather(df["run"]).alias("q_near_text"))
+        drop = _answer_repeats_question(df, q_match, cfg)
+        df = df.filter(~drop)
+        removed["answer_equals_question"] = int(drop.sum())
+    df = df.drop("question", "answer", "a_near", "q_near_text", strict=False)
     if cfg.max_per_question > 0:
         before = df.height
-        df = df.filter(pl.int_range(pl.len()).over(match_key(pl.col("question"))) < cfg.max_per_question)
+        df = df.filter(pl.int_range(pl.len()).over("q_match") < cfg.max_per_question)
         removed["over_max_per_question"] = before - df.height
     if cfg.max_per_first_phrase > 0:
-        if "qid" not in df.columns:
-            raise ValueError("dedup.max_per_first_phrase counts questions by qid; the table has no qid")
         before = df.height
-        df, capped = _cap_first_phrase(df, cfg)
+        over = df.select(pl.col("qid").rank("dense").over("phrase") > cfg.max_per_first_phrase).to_series()
+        capped = df["phrase"].filter(over).n_unique()
+        df = df.filter(~over)
         removed["over_max_per_first_phrase"] = before - df.height
 
-    return df, DedupReport(pairs_in, df.height, removed, capped)
+    return df["_row"], DedupReport(pairs_in, df.height, removed, capped)
+
+
+def dedup_pairs(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:
+    """The rows of `df` that kept_rows keeps, in their original order, and the report."""
+    rows, report = kept_rows(df, cfg)
+    return df.gather(rows), report

@@ -6,9 +6,9 @@ validation never scores a question the model was trained on.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 from sklearn.model_selection import train_test_split
 
@@ -27,17 +27,20 @@ class SplitConfig:
     stratify: bool = True
 
 
-def _merge_rare(strata: list[str], minimum: int) -> list[str]:
-    counts = Counter(strata)
-    return [s if counts[s] >= minimum else RARE for s in strata]
+def _strata(categories: pl.Series) -> np.ndarray:
+    """Integer strata, numbered in the sorted order of the names (as sklearn numbers string labels),
+    with categories of a single group merged into one rare stratum."""
+    frame = categories.to_frame("c").select(
+        pl.when(pl.len().over("c") >= 2).then(pl.col("c")).otherwise(pl.lit(RARE)).rank("dense"))
+    return frame.to_series().to_numpy()
 
 
-def _split(keys: list[str], strata: list[str], n_out: int, seed: int, stratify: bool):
+def _split(keys: np.ndarray, categories: pl.Series, n_out: int, seed: int, stratify: bool):
     """Split keys into (kept, taken) with `n_out` taken; stratified when the counts allow."""
-    merged = _merge_rare(strata, 2)
-    if stratify and len(set(merged)) > 1:  # one stratum would only pretend to stratify
+    strata = _strata(categories)
+    if stratify and len(np.unique(strata)) > 1:  # one stratum would only pretend to stratify
         try:
-            kept, taken = train_test_split(keys, test_size=n_out, stratify=merged, random_state=seed)
+            kept, taken = train_test_split(keys, test_size=n_out, stratify=strata, random_state=seed)
             return kept, taken, True
         except ValueError:  # too few groups per category for this split size
             pass
@@ -45,37 +48,49 @@ def _split(keys: list[str], strata: list[str], n_out: int, seed: int, stratify: 
     return kept, taken, False
 
 
-def split_pairs(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs"):
-    """Return ({split: frame}, report dict)."""
+def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> tuple[pl.Series, dict]:
+    """The split of every row (a pl.Enum of SPLITS) and the report; reads `question` and `category`.
+
+    Question groups are numbered in order of first appearance and split by number; the match key is
+    computed once per run of equal questions (the answers of one record are adjacent)."""
     if not 0 < cfg.valid_fraction < 1 or not 0 < cfg.test_fraction < 1:
         raise InputError(source, "split fractions must lie strictly between 0 and 1")
     if cfg.valid_fraction + cfg.test_fraction >= 1:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
-    keyed = df.with_columns(match_key(pl.col("question")).alias("_group"))
-    groups = keyed.group_by("_group", maintain_order=True).agg(pl.col("category").first())
+    first = df.select(pl.col("question").ne_missing(pl.col("question").shift(1)).fill_null(True)).to_series()
+    run = first.cast(pl.UInt32).cum_sum() - 1
+    runs = df.filter(first).select(match_key(pl.col("question")).alias("key"), "category")
+    # group number of each run: its key's rank by first appearance
+    runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))
+    runs = runs.with_columns(pl.col("g").first().over("key") - 1)
+    groups = runs.filter(pl.col("key").is_first_distinct())
     n = groups.height
     if n < 3:
         raise InputError(source, f"only {n} distinct questions: too few to split three ways")
-    keys = groups["_group"].to_list()
-    cats = dict(zip(keys, groups["category"].to_list()))
     n_valid = max(1, round(n * cfg.valid_fraction))
     n_test = max(1, round(n * cfg.test_fraction))
+    keys = np.arange(n)
+    cats = groups["category"]
+    train_keys, held, strat_1 = _split(keys, cats, n_valid + n_test, cfg.seed, cfg.stratify)
+    valid_keys, test_keys, strat_2 = _split(held, cats.gather(held), n_test, cfg.seed, cfg.stratify)
 
-    train_keys, held, strat_1 = _split(keys, [cats[k] for k in keys], n_valid + n_test, cfg.seed, cfg.stratify)
-    valid_keys, test_keys, strat_2 = _split(held, [cats[k] for k in held], n_test, cfg.seed, cfg.stratify)
-
-    assignment = pl.DataFrame(
-        {"_group": train_keys + valid_keys + test_keys,
-         "split": ["train"] * len(train_keys) + ["valid"] * len(valid_keys) + ["test"] * len(test_keys)}
-    )
-    tagged = keyed.join(assignment, on="_group", how="left", maintain_order="left")
-    frames = {name: tagged.filter(pl.col("split") == name).drop("_group", "split") for name in SPLITS}
+    of_group = np.zeros(n, dtype=np.uint8)
+    of_group[valid_keys], of_group[test_keys] = 1, 2
+    of_row = pl.Series(of_group).gather(runs["g"].gather(run))
+    labels = pl.Series("split", SPLITS, dtype=pl.Enum(SPLITS)).gather(of_row)
+    counts = (df.select(labels, "category").group_by("split", "category").len()
+              .sort("split", "category"))
     report = {
         "stratified": strat_1 and strat_2,
         "questions": {"train": len(train_keys), "valid": len(valid_keys), "test": len(test_keys)},
-        "pairs": {name: frames[name].height for name in SPLITS},
-        "categories": {
-            name: dict(sorted(Counter(frames[name]["category"].to_list()).items())) for name in SPLITS
-        },
+        "pairs": {name: int(counts.filter(pl.col("split") == name)["len"].sum()) for name in SPLITS},
+        "categories": {name: dict(counts.filter(pl.col("split") == name).select("category", "len").iter_rows())
+                       for name in SPLITS},
     }
-    return frames, report
+    return labels, report
+
+
+def split_pairs(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs"):
+    """Return ({split: frame}, report dict)."""
+    labels, report = assign_splits(df, cfg, source)
+    return {name: df.filter(labels == name) for name in SPLITS}, report
