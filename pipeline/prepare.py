@@ -16,13 +16,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chitchat.data.filters import FilterConfig, apply_filters
-from chitchat.data.sources import PAIR_SCHEMA, iter_pair_frames, parse_inputs
+from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_frames, parse_inputs
 from chitchat.errors import InputError
 from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
-READER_PARAMS = ("inputs", "lowercase", "yo_to_e", "missing_category", "max_history")
+READER_PARAMS = ("inputs", "lowercase", "yo_to_e", "missing_category", "max_history", "condition_field")
 
 
 class Tally:
@@ -82,6 +82,10 @@ def main(
         max_history = int(p.get("max_history", 0))
         if max_history < 0:
             raise ValueError(f"prepare.max_history must be >= 0, got {max_history}")
+        condition_field = str(p.get("condition_field", "category"))
+        if condition_field not in CONDITION_FIELDS:
+            raise ValueError(f"prepare.condition_field must be one of {', '.join(CONDITION_FIELDS)}, "
+                             f"got {condition_field!r}")
         cfg = config_from(FilterConfig, p, "prepare", ignore=READER_PARAMS)
         reports: dict = {}
         tally = Tally()
@@ -94,7 +98,8 @@ def main(
         def kept_pairs(*_ignored) -> Iterator[pl.DataFrame]:
             """The polars source: filtered chunks, tallied on the way to the parquet sink."""
             for pairs in iter_pair_frames(specs, p.get("lowercase", False), p.get("yo_to_e", False),
-                                          p.get("missing_category", "Без категории"), max_history, reports):
+                                          p.get("missing_category", "Без категории"), max_history, reports,
+                                          condition_field):
                 if stop.is_set():
                     raise KeyboardInterrupt
                 kept, dropped = apply_filters(pairs, cfg)
@@ -108,6 +113,7 @@ def main(
                 raise InputError(specs[0].path, f"no pairs left after filtering ({tally.pairs_in} read)")
         write_json(metrics, {
             "inputs": [vars(s) for s in specs],
+            "condition_field": condition_field,
             "read": {name: report.as_dict() for name, report in reports.items()},
             "pairs_in": tally.pairs_in,
             "pairs_out": tally.pairs_out,

@@ -1,5 +1,6 @@
 """Stage train: fit the model chosen by `model.type` on the train split, keep the best on valid."""
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
@@ -7,12 +8,12 @@ import torch
 import typer
 from dvclive import Live
 
-from chitchat.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from chitchat.checkpoint import CHECKPOINT_NAME, HF_DIR, save_checkpoint
 from chitchat.io import atomic_dir, config_from, load_params, section, write_json
 from chitchat.models import ModelConfig, build_model
 from chitchat.stage import progress_bar, stage_errors
 from chitchat.tokenizer import Tokenizer
-from chitchat.training.batching import encode_pairs
+from chitchat.training.batching import encode_pairs, encode_text_windows
 from chitchat.training import distributed
 from chitchat.training.loop import TrainConfig, seed_everything, train
 
@@ -38,36 +39,61 @@ def main(
     with stage_errors("train"):
         all_params = load_params(params)
         tcfg = config_from(TrainConfig, section(all_params, "train", params), "train")
-        tok = Tokenizer.load(tokenizer_dir)
-        mcfg = config_from(ModelConfig, section(all_params, "model", params), "model",
-                           vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-        if mcfg.type in ("cnn", "transformer") and max(tcfg.max_src_len, tcfg.max_tgt_len) > mcfg.max_len:
+        model_params = section(all_params, "model", params)
+        hf = model_params.get("type") == "hf"  # a pretrained LM brings its own tokenizer, see below
+        tok = None if hf else Tokenizer.load(tokenizer_dir)
+        mcfg = config_from(ModelConfig, model_params, "model", **({} if hf else
+                           {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "sep_id": tok.sep_id}))
+        lm = mcfg.task == "lm"  # a language model: the text of `answer` in windows of train.max_tgt_len tokens
+        if lm and tcfg.max_tgt_len > mcfg.max_len:
+            raise ValueError("train.max_tgt_len (the lm window) must not exceed model.max_len")
+        if lm:
+            mcfg = dataclasses.replace(mcfg, context=tcfg.max_tgt_len)  # what the model attends to when generating
+        elif mcfg.type in ("cnn", "transformer") and max(tcfg.max_src_len, tcfg.max_tgt_len) > mcfg.max_len:
             raise ValueError("train.max_src_len and train.max_tgt_len must not exceed model.max_len")
         ctx, device = distributed.setup(tcfg.device)
         try:
             if device.type == "cpu":
                 torch.use_deterministic_algorithms(True)
             seed_everything(tcfg.seed)
-            model = build_model(mcfg)
-            train_ex, valid_ex = (
-                encode_pairs(pl.read_parquet(split_dir / f"{name}.parquet"), tok, tcfg.max_src_len,
-                             tcfg.max_tgt_len, mcfg.condition)
-                for name in ("train", "valid")
-            )
+            frames = [pl.read_parquet(split_dir / f"{name}.parquet") for name in ("train", "valid")]
+            if hf:  # model and tokenizer from model.pretrained; data/tokenizer is not used
+                from chitchat.models.hf import load_pretrained
+
+                model, tok = load_pretrained(mcfg, frames[0]["category"].unique().to_list())
+                mcfg = model.cfg
+            else:
+                model = build_model(mcfg)
+            context = _text_normalization(all_params)  # recorded below: serving encodes as training did
+            if lm:
+                train_ex, valid_ex = (encode_text_windows(frame["answer"].to_list(), tok, tcfg.max_tgt_len)
+                                      for frame in frames)
+            else:
+                train_ex, valid_ex = (encode_pairs(frame, tok, tcfg.max_src_len, tcfg.max_tgt_len, mcfg.condition,
+                                                   context["max_history"]) for frame in frames)
+            parameters = {"parameters": model.num_parameters(),  # trainable: the LoRA adapter only, with LoRA
+                          "parameters_total": sum(p.numel() for p in model.parameters())}
             result = fit(model, train_ex, valid_ex, tcfg, tok.pad_id, device, ctx, live_dir, resume_file)
         finally:
             distributed.teardown()
         if not ctx.is_main:
             return
         with atomic_dir(out_dir) as tmp:
-            tok.save(tmp / "tokenizer")
-            save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir="tokenizer",
+            if hf:  # one Hugging Face folder, LoRA merged: serving needs neither model.pretrained nor peft
+                from chitchat.models.hf import save_hf_model
+
+                save_hf_model(model.cpu(), tok, tmp / HF_DIR)
+            else:
+                tok.save(tmp / "tokenizer")
+            save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir=HF_DIR if hf else "tokenizer",
                             max_src_len=tcfg.max_src_len, max_tgt_len=tcfg.max_tgt_len,
                             step=result.best_step, best_valid_loss=result.best_valid_loss,
-                            train_config=vars(tcfg), prepare=_text_normalization(all_params))
+                            train_config=vars(tcfg), prepare=context)
         write_json(metrics, {
             "model_type": mcfg.type,
-            "parameters": model.num_parameters(),
+            **({"task": "lm", "window": tcfg.max_tgt_len} if lm else {}),
+            **parameters,
+            **({"pretrained": mcfg.pretrained, "lora_r": mcfg.lora_r} if hf else {}),
             "device": device.type,
             "processes": ctx.world,
             "precision": result.precision,
@@ -79,6 +105,7 @@ def main(
             "final_train_loss": result.final_train_loss,
             "train_tokens": result.train_tokens,
             "train_examples": len(train_ex),
+            "max_history": context["max_history"],
             "tokens_per_second": round(result.train_tokens / result.seconds, 1),
             "seconds": round(result.seconds, 1),
             "stopped_early": result.stopped_early,
@@ -117,9 +144,12 @@ def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: 
 
 
 def _text_normalization(all_params: dict) -> dict:
-    """prepare's case and ё/е folding, so the inference service treats questions like training data."""
+    """prepare's case and ё/е folding, history length and condition field, so the inference service
+    treats questions (and the turns before them) like training data."""
     prepare = all_params.get("prepare") or {}
-    return {"lowercase": bool(prepare.get("lowercase", False)), "yo_to_e": bool(prepare.get("yo_to_e", False))}
+    return {"lowercase": bool(prepare.get("lowercase", False)), "yo_to_e": bool(prepare.get("yo_to_e", False)),
+            "max_history": int(prepare.get("max_history", 0)),
+            "condition_field": str(prepare.get("condition_field", "category"))}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from chitchat.serve import limits
 from chitchat.serve.app import DecodingOptions, create_app, running_server
 from test_inference import PAIRS, service, tiny_model  # noqa: F401  (module-scoped fixtures)
 
-KEYS = {"answers", "category", "question", "truncated", "latency_ms", "decoding"}
+KEYS = {"answers", "category", "question", "truncated", "history_turns", "latency_ms", "decoding"}
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,14 @@ def test_truncated_question_is_flagged(client):
 
 
 def test_categories_limits_health_docs_and_page(client):
-    assert client.get("/api/categories").json() == {"categories": sorted(PAIRS), "conditioned": True}
+    assert client.get("/api/categories").json() == {"categories": sorted(PAIRS), "conditioned": True,
+                                                    "condition_field": "category"}
     caps = client.get("/api/limits").json()
     assert caps["bounds"]["n"] == [1, 5] and caps["bounds"]["beam_size"] == [1, 10]
     assert caps["bounds"]["max_new_tokens"] == [1, 128] and caps["max_question_chars"] == MAX_QUESTION_CHARS
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["model"] == {"type": "gru", "conditioned": True, "categories": 3}
+    assert health["status"] == "ok" and health["model"] == {"type": "gru", "conditioned": True, "categories": 3,
+                                                            "max_history": 0, "condition_field": "category"}
     assert "/api/answer" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")

@@ -10,13 +10,20 @@ import torch
 from chitchat.errors import InputError
 from chitchat.io import atomic_path
 from chitchat.models import ModelConfig, Seq2Seq, build_model
+from chitchat.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "model.pt"
+HF_DIR = "hf"  # model type hf: data/model/hf holds the fine-tuned model and its tokenizer
 
 
 def save_checkpoint(path: str | Path, model: Seq2Seq, cfg: ModelConfig, **extra: Any) -> None:
-    """Weights, model config and `extra` (tokenizer dir, length limits, train state) in one file."""
-    state = {"model_config": cfg.as_dict(), "state_dict": model.state_dict(), **extra}
+    """Weights, model config and `extra` (tokenizer dir, length limits, train state) in one file.
+
+    Model type hf keeps its weights in the Hugging Face folder beside it (`hf_dir`, written by
+    chitchat.models.hf.save_hf_model); this file then holds everything but the weights.
+    """
+    weights = {"hf_dir": HF_DIR} if cfg.type == "hf" else {"state_dict": model.state_dict()}
+    state = {"model_config": cfg.as_dict(), **weights, **extra}
     # Through a file object: torch.save(path) names the zip's records after the file, and the temp
     # file's name is random, so the same weights would hash differently on every run.
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -34,6 +41,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise InputError(path, f"cannot load checkpoint ({exc.__class__.__name__})") from None
-    model = build_model(ModelConfig(**ckpt["model_config"]))
+    cfg = ModelConfig(**ckpt["model_config"])
+    if cfg.type == "hf":  # a self-contained HF folder beside model.pt; transformers only for this type
+        from chitchat.models.hf import load_hf_model
+
+        return load_hf_model(path.parent / ckpt.get("hf_dir", HF_DIR), cfg, device), ckpt
+    model = build_model(cfg)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def load_tokenizer(model_dir: str | Path, ckpt: dict):
+    """The tokenizer saved with a checkpoint: ours, or the pretrained one for model type hf."""
+    model_dir = Path(model_dir)
+    directory = (model_dir if model_dir.is_dir() else model_dir.parent) / ckpt.get("tokenizer_dir", "tokenizer")
+    if ckpt["model_config"].get("type") == "hf":
+        from chitchat.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.load(directory)
+    return Tokenizer.load(directory)

@@ -1,5 +1,6 @@
 """The `chitchat` console script: ask one question, chat in a loop, list the model's categories,
-serve the web chat (`serve`) or run the Telegram bot (`bot`).
+serve the web chat (`serve`) or run the Telegram bot (`bot`); `continue` continues a text with a
+language model (model.task lm).
 
 Bad input ends with one line on stderr and exit code 1 (CHITCHAT_DEBUG=1 shows the traceback).
 """
@@ -45,7 +46,8 @@ HELP = """commands:
   /category NAME   answer in this category (/category alone lists them, /category - clears it)
   /strategy NAME   greedy | beam | nucleus
   /set KEY=VALUE   any decoding option, e.g. /set top_p=0.9 (/set alone shows them)
-  /reset           forget the conversation, go back to the options given on the command line
+  /reset           forget the conversation (the model reads its last turns) and go back to the
+                   options given on the command line
   /help            this text
   /quit            leave (Ctrl-D and Ctrl-C too)"""
 
@@ -136,6 +138,68 @@ def ask(
     _truncation_note(reply)
 
 
+MaxNewText = Annotated[int, typer.Option("--max-new-tokens", help="longest continuation, in tokens")]
+
+
+def _load_lm(model: Path, device: str = "cpu"):
+    """The continuation service of a language model (model.task lm), imported here like _load."""
+    from chitchat.continuation import ContinuationService
+
+    return ContinuationService.load(model, device)
+
+
+@app.command("continue")
+def continue_text(
+    text: Annotated[str, typer.Argument(help="the beginning of a text, in quotes")],
+    strategy: Strategy = D.strategy,
+    beam_size: BeamSize = D.beam_size,
+    top_p: TopP = D.top_p,
+    top_k: TopK = D.top_k,
+    temperature: Temperature = D.temperature,
+    n: N = D.n,
+    seed: Seed = D.seed,
+    max_new_tokens: MaxNewText = 200,
+    min_new_tokens: MinNew = D.min_new_tokens,
+    no_repeat_ngram: NoRepeat = D.no_repeat_ngram_size,
+    repetition_penalty: RepPenalty = D.repetition_penalty,
+    length_penalty: LengthPenalty = D.length_penalty,
+    model: ModelDir = Path("data/model"),
+    device: Device = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Continue a text in the style of the training text (a model trained with model.task lm)."""
+    with _errors():
+        decoding = _decoding(
+            strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,
+            n=n, seed=seed, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            no_repeat_ngram_size=no_repeat_ngram, repetition_penalty=repetition_penalty,
+            length_penalty=length_penalty,
+        )
+        service = _load_lm(model, device)
+        start = time.perf_counter()
+        results = service.continue_text(text, decoding)
+        latency_ms = (time.perf_counter() - start) * 1000
+    if as_json:
+        typer.echo(json.dumps({
+            "text": text,
+            "decoding": asdict(decoding),
+            "continuations": [{"text": c.text, "continuation": c.continuation, "score": c.score,
+                               "new_tokens": c.new_tokens} for c in results],
+            "prompt_tokens": results[0].prompt_tokens,
+            "truncated": results[0].truncated,
+            "latency_ms": round(latency_ms, 1),
+        }, ensure_ascii=False))
+        return
+    if len(results) == 1:
+        typer.echo(results[0].text)
+    else:
+        for i, c in enumerate(results, 1):
+            typer.echo(f"{i}. {c.text}  [{c.score:.3f}]")
+    if results[0].truncated:
+        typer.echo(f"note: only the last {results[0].prompt_tokens} tokens of the text were read "
+                   "(the model's context)", err=True)
+
+
 @app.command()
 def categories(model: ModelDir = Path("data/model")) -> None:
     """List the categories the model knows, one a line."""
@@ -174,6 +238,8 @@ def chat(
         session = ChatSession(service, service.resolve_category(category), service.check_decoding(decoding))
     _line_editing()
     typer.echo("chitchat: type a question; /help lists the commands, /quit leaves")
+    if service.max_history:
+        typer.echo(f"(the model reads the last {service.max_history} turns of the conversation; /reset forgets them)")
     while True:
         try:
             line = input("you> ")
@@ -277,7 +343,10 @@ class ChatSession:
         reply = self.service.reply(question, self.category, self.decoding, self.history)
         _print_answers(reply.answers, "bot> ")
         _truncation_note(reply)
+        from chitchat.inference import MAX_HISTORY_TURNS  # the service is loaded: torch is imported already
+
         self.history += [question, reply.answers[0].text if reply.answers else ""]
+        del self.history[:-MAX_HISTORY_TURNS]  # the oldest turns go; the model reads only its max_history
 
     def set_category(self, name: str) -> None:
         if not name:

@@ -11,12 +11,15 @@ import polars as pl
 import torch
 
 from chitchat import metrics as M
+from chitchat.continuation import continue_texts
 from chitchat.decoding import DecodingConfig, generate
 from chitchat.io import config_from
 from chitchat.models.base import Seq2Seq
 from chitchat.tokenizer import Tokenizer
-from chitchat.training.batching import collate, encode_pairs
+from chitchat.training.batching import collate, encode_pairs, encode_text_windows
 from chitchat.training.loop import corpus_nll
+
+PROMPT_KEYS = ["history", "question", "category"]  # what makes two prompts the same
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,18 @@ class EvalConfig:
 
 @torch.no_grad()
 def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categories: list[str],
-                     max_src_len: int, decoding: DecodingConfig, batch_size: int, device) -> list[str]:
+                     max_src_len: int, decoding: DecodingConfig, batch_size: int, device,
+                     histories: list[list[str]] | None = None, max_history: int | None = None) -> list[str]:
     """The best answer per question (decoded to text), in the order of `questions`.
 
-    Nucleus sampling draws from one generator per batch seeded by `decoding.seed`, so the same
-    params give the same answers.
+    `histories` gives each question's earlier turns (oldest first); sources are built as in
+    training (chitchat.prompt). Nucleus sampling draws from one generator per batch seeded by
+    `decoding.seed`, so the same params give the same answers.
     """
-    frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories})
-    examples = encode_pairs(frame, tok, max_src_len, 2, model.cfg.condition)
+    frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories,
+                          "history": histories if histories is not None else [[] for _ in questions]},
+                         schema_overrides={"history": pl.List(pl.String)})
+    examples = encode_pairs(frame, tok, max_src_len, 2, model.cfg.condition, max_history)
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
         src, _ = collate(examples[start : start + batch_size], tok.pad_id)
@@ -56,19 +63,25 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
 
 
 def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_len: int,
-                   max_tgt_len: int, cfg: EvalConfig, device) -> tuple[dict, pl.DataFrame]:
-    """Return (metrics, one row per pair with the generated answer)."""
+                   max_tgt_len: int, cfg: EvalConfig, device, max_history: int | None = None
+                   ) -> tuple[dict, pl.DataFrame]:
+    """Return (metrics, one row per pair with the generated answer).
+
+    `max_history` is the checkpoint's (None: every turn of the `history` column); each distinct
+    (history the model sees, question, category) is answered once.
+    """
+    pairs = with_context(pairs, max_history)
     examples = encode_pairs(pairs, tok, max_src_len, max_tgt_len, model.cfg.condition)
     nll, n_tokens = corpus_nll(model, examples, tok.pad_id, 4096, device)
     # Words of each reference as the model saw it (after truncation) plus its end of sentence, the
     # word-level convention: the EOS token's NLL is in the numerator, so it counts as a word.
     n_words = sum(M.word_count(tok.decode(e.tgt[1:])) + 1 for e in examples)
 
-    prompts = pairs.select("question", "category").unique(maintain_order=True)
+    prompts = pairs.select(PROMPT_KEYS).unique(maintain_order=True)
     answers = generate_answers(model, tok, prompts["question"].to_list(), prompts["category"].to_list(),
-                               max_src_len, cfg.decoding, cfg.batch_size, device)
+                               max_src_len, cfg.decoding, cfg.batch_size, device, prompts["history"].to_list())
     scored = pairs.join(prompts.with_columns(pl.Series("generated", answers)),
-                        on=["question", "category"], how="left", maintain_order="left")
+                        on=PROMPT_KEYS, how="left", maintain_order="left")
     hyps, refs = scored["generated"].to_list(), scored["answer"].to_list()
     bleu, bleu_sig = M.bleu(hyps, refs)
     chrf, chrf_sig = M.chrf(hyps, refs)
@@ -95,14 +108,86 @@ def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_
     return result, scored
 
 
+def with_context(pairs: pl.DataFrame, max_history: int | None) -> pl.DataFrame:
+    """`pairs` with a `history` column holding the turns the model sees (never null)."""
+    if "history" not in pairs.columns:
+        return pairs.with_columns(history=pl.lit([], dtype=pl.List(pl.String)))
+    history = pl.col("history").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    return pairs.with_columns(history=history if max_history is None else history.list.tail(max(0, max_history)))
+
+
 def examples_markdown(scored: pl.DataFrame, n: int, seed: int) -> str:
-    """A Markdown table of `n` seeded rows: question, category, reference, generated."""
+    """A Markdown table of `n` seeded rows: question, category, reference, generated; with a context
+    column (earlier turns joined by ` / `) where any pair has history."""
     rows = scored.sample(n=min(n, scored.height), seed=seed, shuffle=False) if scored.height else scored
+    context = "history" in rows.columns and bool(rows["history"].list.len().sum())
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ") or "∅"
 
-    lines = ["| question | category | reference | generated |", "|---|---|---|---|"]
+    head = ["context"] * context + ["question", "category", "reference", "generated"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows.iter_rows(named=True):
-        lines.append(f"| {cell(r['question'])} | {cell(r['category'])} | {cell(r['answer'])} | {cell(r['generated'])} |")
+        cells = [" / ".join(r["history"] or [])] * context + [r["question"], r["category"], r["answer"], r["generated"]]
+        lines.append("| " + " | ".join(map(cell, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- language models (model.task lm) ----------------------------------------------------------------
+
+PROMPT_WORDS = 30  # an example's prompt: the first half of a paragraph, at most this many words
+REFERENCE_WORDS = 60  # words of the true continuation shown beside the generated one
+
+
+def text_perplexity(model: Seq2Seq, tok: Tokenizer, texts: list[str], window: int, device) -> dict:
+    """Teacher-forced NLL of `texts` in the training windows, as ppl per token and per word.
+
+    Tokens are every token but BOS (EOS counted); words are each text's words plus one for its
+    EOS, evaluate_model's convention (DESIGN.md §3), so ppl_word compares across tokenizers.
+    """
+    nll, n_tokens = corpus_nll(model, encode_text_windows(texts, tok, window), tok.pad_id, 4096, device)
+    n_words = sum(M.word_count(t) + 1 for t in texts)
+    return {"paragraphs": len(texts), "tokens": n_tokens, "words": n_words,
+            "nll_per_token": nll / max(1, n_tokens), "ppl_token": M.perplexity(nll, n_tokens),
+            "ppl_word": M.perplexity(nll, n_words)}
+
+
+def evaluate_lm(model: Seq2Seq, tok: Tokenizer, valid: pl.DataFrame, test: pl.DataFrame, window: int,
+                cfg: EvalConfig, device) -> tuple[dict, pl.DataFrame]:
+    """Return (metrics, example rows) for a language model: perplexities of the `answer` texts of
+    test (top level, the keys evaluate_model uses) and valid (under "valid"), and continuations
+    of `cfg.num_examples` seeded test paragraphs from their first half, decoded as cfg.decoding says."""
+    texts = test["answer"].to_list()
+    sample = test.sample(n=min(cfg.num_examples, test.height), seed=cfg.seed, shuffle=False) if test.height else test
+    prompts, references = [], []
+    for text in sample["answer"].to_list():
+        words = text.split()
+        cut = min(PROMPT_WORDS, max(1, len(words) // 2))
+        prompts.append(" ".join(words[:cut]))
+        references.append(" ".join(words[cut : cut + REFERENCE_WORDS]) + (" …" if len(words) > cut + REFERENCE_WORDS else ""))
+    generated = [c[0].continuation.strip() for c in continue_texts(model, tok, prompts, cfg.decoding, device,
+                                                                     cfg.batch_size)]
+    result = {
+        "task": "lm",
+        **text_perplexity(model, tok, texts, window, device),
+        "valid": text_perplexity(model, tok, valid["answer"].to_list(), window, device),
+        "window": window,
+        "continuations": len(generated),
+        "distinct_1": M.distinct_n(generated, 1),
+        "distinct_2": M.distinct_n(generated, 2),
+        "mean_continuation_words": sum(map(M.word_count, generated)) / max(1, len(generated)),
+        "empty_continuations": sum(not g for g in generated) / max(1, len(generated)),
+        "decoding": asdict(cfg.decoding),
+    }
+    return result, pl.DataFrame({"prompt": prompts, "reference": references, "generated": generated},
+                                schema={"prompt": pl.String, "reference": pl.String, "generated": pl.String})
+
+
+def continuations_markdown(rows: pl.DataFrame) -> str:
+    """A Markdown table of evaluate_lm's example rows: prompt, true continuation, generated one."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ") or "∅"
+
+    lines = ["| prompt | reference continuation | generated continuation |", "|---|---|---|"]
+    lines += [f"| {cell(p)} | {cell(r)} | {cell(g)} |" for p, r, g in rows.iter_rows()]
     return "\n".join(lines) + "\n"

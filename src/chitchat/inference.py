@@ -13,13 +13,16 @@ from typing import Sequence
 
 import torch
 
-from chitchat.checkpoint import load_checkpoint
+from chitchat.checkpoint import load_checkpoint, load_tokenizer
 from chitchat.data.normalize import normalize_text
 from chitchat.decoding import DecodingConfig, generate
+from chitchat.errors import InputError
 from chitchat.models.base import Seq2Seq
+from chitchat.prompt import encode_sources
 from chitchat.tokenizer import Tokenizer
 
 MAX_QUESTION_CHARS = 1000  # longer requests are refused, not truncated: nobody types that much
+MAX_HISTORY_TURNS = 20  # earlier turns a conversation keeps (CLI, web page, bot); the model sees its max_history
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -41,7 +44,8 @@ class Reply:
     category: str | None  # the model's own spelling of the category, None when none was given
     question: str  # the question after normalization, as the model saw it (before truncation)
     truncated: bool  # the question was cut to the model's max_src_len tokens
-    src_tokens: int  # tokens the model saw, category and EOS included
+    src_tokens: int  # tokens the model saw, category, history turns and EOS included
+    history_turns: int = 0  # earlier turns given to the model: at most its max_history (the oldest may be cut to fit)
 
 
 def _category_key(name: str) -> str:
@@ -63,13 +67,16 @@ class ChatService:
     """A loaded model that answers questions; `answer` is safe to call from several threads."""
 
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, max_src_len: int, device: torch.device,
-                 lowercase: bool = False, yo_to_e: bool = False):
+                 lowercase: bool = False, yo_to_e: bool = False, max_history: int = 0,
+                 condition_field: str = "category"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_src_len = max_src_len
         self.device = device
         self.lowercase = lowercase  # prepare's normalization, so questions look like training data
         self.yo_to_e = yo_to_e
+        self.max_history = max(0, max_history)  # earlier turns the model was trained to read (0: none)
+        self.condition_field = condition_field  # what a "category" is here: category or speaker (a character)
         self.conditioned = bool(model.cfg.condition)  # False: categories cannot change the answers
         self._by_key = {_category_key(name): name for name in tokenizer.categories}
         self._lock = threading.Lock()  # one decode at a time: the model and its caches are shared
@@ -82,10 +89,17 @@ class ChatService:
         """
         dev = resolve_device(device)
         model, ckpt = load_checkpoint(model_dir, dev)
-        tokenizer = Tokenizer.load(Path(model_dir) / ckpt.get("tokenizer_dir", "tokenizer"))
+        if ckpt["model_config"].get("task") == "lm":  # a language model continues text; it answers nothing
+            raise InputError(model_dir, "this is a style-continuation model (model.task lm): use `chitchat continue`")
+        tokenizer = load_tokenizer(model_dir, ckpt)
+        if ckpt["model_config"]["type"] == "hf":  # a fine-tuned pretrained LM: its prompt is text
+            from chitchat.models.hf import HFChatService
+
+            cls = HFChatService
         prepare = ckpt.get("prepare") or {}  # older checkpoints do not record it: prepare's defaults
         return cls(model, tokenizer, int(ckpt["max_src_len"]), dev,
-                   bool(prepare.get("lowercase", False)), bool(prepare.get("yo_to_e", False)))
+                   bool(prepare.get("lowercase", False)), bool(prepare.get("yo_to_e", False)),
+                   int(prepare.get("max_history", 0)), str(prepare.get("condition_field", "category")))
 
     @property
     def categories(self) -> list[str]:
@@ -127,6 +141,17 @@ class ChatService:
             raise RequestError(f"question is too long: {len(text)} characters, at most {MAX_QUESTION_CHARS}")
         return text
 
+    def _history(self, history) -> list[str]:
+        """The turns the model reads: the last max_history of `history`, normalized like questions."""
+        if history is None:
+            return []
+        if isinstance(history, str) or not isinstance(history, Sequence):
+            raise RequestError(f"history must be a list of earlier turns, got {type(history).__name__}")
+        if not all(isinstance(turn, str) for turn in history):
+            raise RequestError("history must hold text turns only")
+        turns = list(history)[-self.max_history:] if self.max_history else []
+        return [normalize_text(turn, self.lowercase, self.yo_to_e) for turn in turns]
+
     # -- answering -------------------------------------------------------------------------------
     def answer(self, question: str, category: str | None = None, decoding: DecodingConfig | None = None,
                history: Sequence[str] | None = None) -> list[Answer]:
@@ -143,9 +168,9 @@ class ChatService:
                      histories: Sequence[Sequence[str] | None] | None = None) -> list[Reply]:
         """Answer several questions in one decoder call; one Reply per question, in order.
 
-        `categories` gives one category per question (None: none for all). `histories` (earlier
-        turns of each conversation) is accepted so callers need not change when models learn to
-        use it; today's models are trained on single question -> answer pairs, so it is ignored.
+        `categories` gives one category per question (None: none for all). `histories` gives the
+        earlier turns of each conversation, oldest first (None: none); the model reads the last
+        `max_history` of them (recorded by training; 0, and checkpoints older than history, read none).
         """
         decoding = self.check_decoding(decoding or DecodingConfig())
         if categories is None:
@@ -154,28 +179,31 @@ class ChatService:
             raise RequestError(f"{len(questions)} questions but {len(categories)} categories")
         if not questions:
             return []
+        if histories is None:
+            histories = [None] * len(questions)
+        if len(histories) != len(questions):
+            raise RequestError(f"{len(questions)} questions but {len(histories)} histories")
         texts = [self._question(q) for q in questions]
         names = [self.resolve_category(c) for c in categories]
-        src, truncated, lengths = self._encode(texts, names)
+        contexts = [self._history(h) for h in histories]
+        src, truncated, lengths = self._encode(texts, names, contexts)
         with self._lock, torch.inference_mode():
             hyps = generate(self.model, src.to(self.device), decoding, self.tokenizer.bos_id,
                             self.tokenizer.eos_id, banned_ids=self.tokenizer.never_generated)
         replies = []
-        for text, name, cut, n_tok, row in zip(texts, names, truncated, lengths, hyps):
+        for text, name, cut, n_tok, row, context in zip(texts, names, truncated, lengths, hyps, contexts):
             ranked = sorted(row, key=lambda h: h.score, reverse=True)
             answers = [Answer(self.tokenizer.decode(h.ids), float(h.score)) for h in ranked]
-            replies.append(Reply(answers, name, text, cut, n_tok))
+            replies.append(Reply(answers, name, text, cut, n_tok, len(context)))
         return replies
 
-    def _encode(self, texts: list[str], names: list[str | None]) -> tuple[torch.Tensor, list[bool], list[int]]:
-        """Right-padded sources (batch, src_len): [category] question[:max_src_len-2] [eos]."""
+    def _encode(self, texts: list[str], names: list[str | None], histories: list[list[str]] | None = None
+                ) -> tuple[torch.Tensor, list[bool], list[int]]:
+        """Right-padded sources (batch, src_len) as training built them (chitchat.prompt):
+        [category] turn <sep> ... <sep> question [eos], cut to max_src_len from the oldest side."""
         tok = self.tokenizer
-        room = self.max_src_len - 2
-        rows, truncated = [], []
-        for ids, name in zip(tok.encode_batch(texts), names):
-            lead = tok.category_id(name) if self.conditioned and name else tok.unknown_category_id
-            rows.append([lead] + ids[:room] + [tok.eos_id])
-            truncated.append(len(ids) > room)
+        sources = encode_sources(tok, texts, names, histories, self.max_src_len, self.max_history, self.conditioned)
+        rows, truncated = [s.ids for s in sources], [s.truncated for s in sources]
         src = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
         for i, row in enumerate(rows):
             src[i, : len(row)] = torch.tensor(row)

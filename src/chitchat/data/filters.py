@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from chitchat.data.normalize import word_count
+from chitchat.data.sources import TEXT_MARKER
 
 # An answer made of links only carries nothing a model can learn to say.
 LINK_ONLY = r"^(?:(?:https?://|www\.)\S+[\s,;.]*)+$"
@@ -29,6 +30,8 @@ class FilterConfig:
     min_answer_words: int = 1
     max_answer_words: int = 0
     drop_link_only: bool = True
+    min_text_chars: int = 1  # `text` inputs (rows with TEXT_MARKER): shortest paragraph, instead of the bounds above
+    max_text_chars: int = 0  # `text` inputs: longest paragraph (0 = none; training cuts long ones into windows)
     categories: list[str] = field(default_factory=list)
 
 
@@ -52,18 +55,27 @@ def _word_bounds(rules: list, column: str, text: pl.Expr, lo: int, hi: int) -> N
 
 
 def drop_reason(cfg: FilterConfig) -> pl.Expr:
-    """A string expression: the first filter a row fails, or null when it passes them all."""
+    """A string expression: the first filter a row fails, or null when it passes them all.
+
+    Paragraphs of `text` inputs (question = TEXT_MARKER + paragraph) skip the question and answer
+    bounds, which are for chit-chat, and get the text bounds instead.
+    """
     q, a = pl.col("question"), pl.col("answer")
+    text = q.str.starts_with(TEXT_MARKER + " ")
     rules: list[tuple[pl.Expr, str]] = [
         (q.str.len_chars() == 0, "empty_question"),
         (a.str.len_chars() == 0, "empty_answer"),
     ]
     if cfg.drop_link_only:
         rules.append((a.str.contains(LINK_ONLY), "link_only_answer"))
-    _bounds(rules, "question", q.str.len_chars(), cfg.min_question_chars, cfg.max_question_chars, "chars")
-    _word_bounds(rules, "question", q, cfg.min_question_words, cfg.max_question_words)
-    _bounds(rules, "answer", a.str.len_chars(), cfg.min_answer_chars, cfg.max_answer_chars, "chars")
-    _word_bounds(rules, "answer", a, cfg.min_answer_words, cfg.max_answer_words)
+    chat: list[tuple[pl.Expr, str]] = []
+    _bounds(chat, "question", q.str.len_chars(), cfg.min_question_chars, cfg.max_question_chars, "chars")
+    _word_bounds(chat, "question", q, cfg.min_question_words, cfg.max_question_words)
+    _bounds(chat, "answer", a.str.len_chars(), cfg.min_answer_chars, cfg.max_answer_chars, "chars")
+    _word_bounds(chat, "answer", a, cfg.min_answer_words, cfg.max_answer_words)
+    prose: list[tuple[pl.Expr, str]] = []
+    _bounds(prose, "text", a.str.len_chars(), cfg.min_text_chars, cfg.max_text_chars, "chars")
+    rules += [(~text & cond, reason) for cond, reason in chat] + [(text & cond, reason) for cond, reason in prose]
     if cfg.categories:
         rules.append((~pl.col("category").is_in(cfg.categories), "category_not_allowed"))
     expr = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))

@@ -7,7 +7,19 @@ Formats:
   plain or in a `.tar.xz`), or a `.json` file holding a list of dialogues, each a list of turns.
   Every turn after the first answers the one before it, with up to `max_history` earlier turns
   kept in the `history` column.
-- `auto`: told apart by the file name (`.jsonl`, `.tsv`, `.json`), else by the first non-blank line.
+- `speakers`: dialogues as `dialogues` reads them, but one `Имя: реплика` turn per line (a TV or
+  book script). The name is cut from the turn; consecutive lines of one speaker make one turn; a
+  line that is not `Name: text` (a stage direction) is skipped and counted as `no_speaker`. With
+  `condition_field` speaker each pair's `category` is the answering speaker, so the category
+  token makes the model answer as that character.
+- `text`: plain prose for a language model (model.task lm): paragraphs separated by blank lines,
+  the lines of one paragraph joined by spaces. Each paragraph is one row: the paragraph in `answer`,
+  TEXT_MARKER + " " + the paragraph in `question` (never chosen by `auto`; see _text_frames).
+- `auto`: told apart by the file name (`.jsonl`, `.tsv`, `.json`), else by the first non-blank line
+  (`{`: qa_jsonl; `[` or a dash: dialogues; a tab: pairs_tsv; `Name: text`: speakers).
+
+`condition_field` (prepare.condition_field) says what the `category` column holds: the input's
+category (`category`, the default) or the answering speaker (`speaker`, speakers files only).
 
 The QA dump and TSV pairs are read, normalized and turned into pairs a chunk at a time in polars
 (iter_pair_frames); only dialogues, which run across lines, are assembled in a Python loop.
@@ -16,6 +28,7 @@ The QA dump and TSV pairs are read, normalized and turned into pairs a chunk at 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,7 +42,8 @@ from chitchat.data.readers import (WHITESPACE_ONLY, ReadReport, iter_line_chunks
                                    note_chunk, qa_frames)
 from chitchat.errors import InputError
 
-FORMATS = ("auto", "qa_jsonl", "pairs_tsv", "dialogues")
+FORMATS = ("auto", "qa_jsonl", "pairs_tsv", "dialogues", "speakers", "text")
+CONDITION_FIELDS = ("category", "speaker")  # what the category column (and so the model's lead token) holds
 TEXT_MEMBERS = (".txt", ".tsv", ".json", ".jsonl")  # archive members a text reader looks at
 PAIR_SCHEMA = {
     "qid": pl.UInt32,  # one id per question record; answers of one record share it
@@ -44,6 +58,8 @@ CHUNK_ROWS = 200_000  # dialogue pairs buffered in Python lists before they beco
 _RECORDS = {"line": pl.UInt32, "question": pl.String, "category": pl.String, "answers": pl.List(pl.String),
             "history": pl.List(pl.String)}  # what each format's reader yields; category null = none
 _DASHES = ("- ", "– ", "— ")
+# `Имя: реплика`: a name of one to three words that starts with a letter, a colon, the turn's text
+SPEAKER_LINE = re.compile(r"^([^\W\d_][\w'’.\-]*(?: [\w'’.\-]+){0,2})\s*:(?!//)\s*(\S.*)$")
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,8 @@ def detect_format(path: str | Path) -> str:
             return "dialogues"
         if "\t" in line:
             return "pairs_tsv"
+        if SPEAKER_LINE.match(line):
+            return "speakers"
         raise InputError(path, "cannot tell the format from the first line (set `format` in prepare.inputs)")
     raise InputError(path, "file has no records (only blank lines)")
 
@@ -127,31 +145,65 @@ def _tsv_frames(path: str, report: ReadReport) -> Iterator[pl.DataFrame]:
         yield ok
 
 
-def _text_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
-    """(first line, turns) per blank-line separated dialogue; a leading dash is not part of a turn."""
-    turns: list[str] = []
-    start = 0
+def _blocks(path: str, report: ReadReport, count_lines: bool = False) -> Iterator[list[tuple[int, str]]]:
+    """Blank-line separated blocks of (line number, stripped text); lines that are not UTF-8 are
+    skipped and counted (`count_lines`: every non-blank line also counts in report.lines)."""
+    block: list[tuple[int, str]] = []
     for chunk in iter_line_chunks(path, TEXT_MEMBERS):
         note_chunk(chunk, report)
         for line_no, text in enumerate(chunk.lines.to_list(), chunk.first_line):
             if text is None:
+                report.lines += count_lines
                 report.skip("invalid_utf8", line_no)
                 continue
             text = text.strip()
-            if not text:
-                if turns:
-                    yield start, turns
-                turns = []
-                continue
-            if not turns:
-                start = line_no
+            if text:
+                report.lines += count_lines
+                block.append((line_no, text))
+            elif block:
+                yield block
+                block = []
+    if block:
+        yield block
+
+
+def _text_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
+    """(first line, turns) per blank-line separated dialogue; a leading dash is not part of a turn."""
+    for block in _blocks(path, report):
+        turns = []
+        for _, text in block:
             for dash in _DASHES:
                 if text.startswith(dash):
                     text = text[len(dash):]
                     break
             turns.append(text)
-    if turns:
-        yield start, turns
+        yield block[0][0], turns
+
+
+def _speaker_dialogues(path: str, report: ReadReport) -> Iterator[tuple[list[int], list[str], list[str]]]:
+    """(line of each turn, turns, speakers) per blank-line separated dialogue of `Name: text` lines.
+
+    The name is cut from the turn; a speaker's consecutive lines join into one turn (a stage
+    direction between them, skipped as no_speaker, must not make them answer each other).
+    """
+    for block in _blocks(path, report):
+        lines: list[int] = []
+        turns: list[str] = []
+        names: list[str] = []
+        for line_no, text in block:
+            match = SPEAKER_LINE.match(text)
+            if match is None:
+                report.skip("no_speaker", line_no)
+                continue
+            name, said = match.group(1), match.group(2)
+            if names and names[-1] == name:
+                turns[-1] += " " + said
+                continue
+            lines.append(line_no)
+            turns.append(said)
+            names.append(name)
+        if turns:
+            yield lines, turns, names
 
 
 def _json_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
@@ -174,25 +226,63 @@ def _json_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[s
         yield index, dialogue
 
 
-def _dialogue_frames(path: str, report: ReadReport, max_history: int) -> Iterator[pl.DataFrame]:
-    """(line, previous turn, null, [turn], history) for every turn after the first of each dialogue.
+def _dialogue_frames(path: str, report: ReadReport, max_history: int, speakers: bool = False,
+                     by_speaker: bool = False) -> Iterator[pl.DataFrame]:
+    """(line, previous turn, category, [turn], history) for every turn after the first of each dialogue.
 
+    `speakers`: `Name: text` lines; `by_speaker`: the category is the answering speaker (else null).
     Dialogues are stateful across lines and far smaller than the dump: a Python loop builds them.
     """
     is_json = Path(path).name.lower().endswith((".json", ".json.gz", ".json.zip", ".json.xz"))
+    if speakers:
+        dialogues = _speaker_dialogues(path, report)
+    else:  # line numbers: a JSON dialogue's index, a text dialogue's first line plus the turn's index
+        dialogues = ((([line_no] * len(turns)) if is_json else list(range(line_no, line_no + len(turns))), turns, None)
+                     for line_no, turns in (_json_dialogues if is_json else _text_dialogues)(path, report))
     rows: list[tuple] = []
-    for line_no, turns in (_json_dialogues if is_json else _text_dialogues)(path, report):
+    for lines, turns, names in dialogues:
         report.lines += 1
         if len(turns) < 2:
-            report.skip("one_turn_dialogue", line_no)
+            report.skip("one_turn_dialogue", lines[0] if lines else 0)
             continue
         report.records_ok += 1
         for i in range(1, len(turns)):
             history = turns[max(0, i - 1 - max_history) : i - 1] if max_history > 0 else []
-            rows.append((line_no + (0 if is_json else i), turns[i - 1], None, [turns[i]], history))
+            rows.append((lines[i], turns[i - 1], names[i] if by_speaker else None, [turns[i]], history))
         if len(rows) >= CHUNK_ROWS:
             yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
             rows = []
+    yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
+
+
+# The question of a `text` row: this marker, a space, the paragraph. The question is what dedup and
+# split group by, so each distinct paragraph is its own group: exact and near duplicate paragraphs
+# go, no cap merges different paragraphs, and an answer never equals its question (the marker is a
+# word). Filters read the marker to apply prepare's text limits instead of the chit-chat ones.
+TEXT_MARKER = "¶text"
+
+
+def _paragraphs(path: str, report: ReadReport) -> Iterator[tuple[int, str]]:
+    """(first line, its lines joined by spaces) per blank-line separated paragraph."""
+    for block in _blocks(path, report, count_lines=True):
+        yield block[0][0], " ".join(text for _, text in block)
+
+
+def _text_frames(path: str, report: ReadReport) -> Iterator[pl.DataFrame]:
+    """(line, TEXT_MARKER + paragraph, null, [paragraph], []) per paragraph of a `text` input.
+
+    Normalizing the question gives the marker, a space and the normalized paragraph, as the marker
+    is already normalized text (lower case, no ё) and a space separates it from the paragraph.
+    """
+    rows: list[tuple] = []
+    for line_no, paragraph in _paragraphs(path, report):
+        report.records_ok += 1
+        rows.append((line_no, f"{TEXT_MARKER} {paragraph}", None, [paragraph], []))
+        if len(rows) >= CHUNK_ROWS:
+            yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
+            rows = []
+    if report.lines == 0:
+        raise InputError(path, "file has no records (only blank lines)")
     yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
 
 
@@ -221,9 +311,13 @@ def _pairs(records: pl.DataFrame, source: str, qid: int, norm: Callable[[pl.Seri
 
 def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
                      missing_category: str = "Без категории", max_history: int = 0,
-                     reports: dict[str, ReadReport] | None = None) -> Iterator[pl.DataFrame]:
+                     reports: dict[str, ReadReport] | None = None,
+                     condition_field: str = "category") -> Iterator[pl.DataFrame]:
     """All inputs as normalized pairs tables (see PAIR_SCHEMA), a chunk at a time, so that prepare
     can filter as it reads and hold only the pairs it keeps. `reports` gets a report per source."""
+    if condition_field not in CONDITION_FIELDS:
+        raise ValueError(f"prepare.condition_field must be one of {', '.join(CONDITION_FIELDS)}, "
+                         f"got {condition_field!r}")
     reports = {} if reports is None else reports
     qid = 0
 
@@ -233,13 +327,18 @@ def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: b
     for spec in specs:
         report = reports[spec.source] = ReadReport()
         fmt = detect_format(spec.path) if spec.format == "auto" else spec.format
+        if condition_field == "speaker" and fmt != "speakers":
+            raise InputError(spec.path, f"prepare.condition_field speaker needs `Name: text` lines (format speakers), "
+                                        f"this input is {fmt}")
         if fmt == "qa_jsonl":
             frames = (f.rename({"responses": "answers"}).with_columns(history=pl.lit([], dtype=pl.List(pl.String)))
                       for f in qa_frames(spec.path, report))
         elif fmt == "pairs_tsv":
             frames = _tsv_frames(spec.path, report)
+        elif fmt == "text":
+            frames = _text_frames(spec.path, report)
         else:
-            frames = _dialogue_frames(spec.path, report, max_history)
+            frames = _dialogue_frames(spec.path, report, max_history, fmt == "speakers", condition_field == "speaker")
         categories: dict[str, str] = {}
         for records in frames:
             if records.height:
@@ -248,9 +347,10 @@ def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: b
 
 
 def read_inputs(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
-                missing_category: str = "Без категории", max_history: int = 0
+                missing_category: str = "Без категории", max_history: int = 0, condition_field: str = "category"
                 ) -> tuple[pl.DataFrame, dict[str, ReadReport]]:
     """All inputs as one normalized pairs table (see PAIR_SCHEMA) and a read report per source."""
     reports: dict[str, ReadReport] = {}
-    frames = list(iter_pair_frames(specs, lowercase, yo_to_e, missing_category, max_history, reports))
+    frames = list(iter_pair_frames(specs, lowercase, yo_to_e, missing_category, max_history, reports,
+                                   condition_field))
     return pl.concat([pl.DataFrame(schema=PAIR_SCHEMA), *frames], how="vertical"), reports

@@ -1,5 +1,5 @@
-"""Building blocks of the transformer: positions, multi-head attention with a key/value cache,
-feed-forward, pre-LN encoder and decoder blocks. Shapes: (batch, len, d_model) throughout.
+"""Building blocks of the transformer: positions, turn embeddings, multi-head attention with a
+key/value cache, feed-forward, pre-LN encoder and decoder blocks. Shapes: (batch, len, d_model) throughout.
 """
 
 from __future__ import annotations
@@ -36,6 +36,28 @@ class LearnedPositions(nn.Module):
 
     def forward(self, offset: int, length: int) -> torch.Tensor:
         return self.table.weight[offset : offset + length]
+
+
+class TurnEmbedding(nn.Module):
+    """One trained vector per dialogue turn of the source, counted back from the question.
+
+    Turn ids come from the separators, so callers pass only token ids: the question (after the last
+    `sep_id`) is turn 0, the turn before it and its closing separator turn 1, and so on; the lead
+    (category) token shares the oldest turn's id; turns past `turns - 1` share the last vector.
+    """
+
+    def __init__(self, d_model: int, turns: int, sep_id: int):
+        super().__init__()
+        self.sep_id, self.turns = sep_id, turns
+        self.table = nn.Embedding(turns, d_model)
+
+    def turn_ids(self, src: torch.Tensor) -> torch.Tensor:
+        """(batch, src_len) ids -> (batch, src_len) turn index: separators at or after each position."""
+        seps = (src == self.sep_id).long()
+        return seps.flip(1).cumsum(1).flip(1).clamp(max=self.turns - 1)
+
+    def forward(self, src: torch.Tensor) -> torch.Tensor:
+        return self.table(self.turn_ids(src))  # (batch, src_len, d_model)
 
 
 class MultiHeadAttention(nn.Module):

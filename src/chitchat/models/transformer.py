@@ -1,5 +1,7 @@
 """Transformer encoder-decoder from our own layers (layers.py): pre-LN blocks, padding and causal
-masks, sinusoidal or learned positions, optionally tied input/output embeddings.
+masks, sinusoidal or learned positions, optionally tied input/output embeddings and, with
+`model.turn_embeddings`, a learned embedding of each source token's dialogue turn (found from the
+<sep> tokens inside `encode`, so decoding and its step interface do not change).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from torch import nn
 
 from chitchat.models.base import Encoded, Seq2Seq
 from chitchat.models.config import ModelConfig
-from chitchat.models.layers import DecoderBlock, EncoderBlock, LearnedPositions, SinusoidalPositions
+from chitchat.models.layers import DecoderBlock, EncoderBlock, LearnedPositions, SinusoidalPositions, TurnEmbedding
+
+TURNS = 8  # turn embeddings: the question and 7 turns before it; older turns share the last vector
 
 
 class TransformerSeq2Seq(Seq2Seq):
@@ -28,6 +32,7 @@ class TransformerSeq2Seq(Seq2Seq):
             self.embed.weight[cfg.pad_id].zero_()
         positions = SinusoidalPositions if cfg.positions == "sinusoidal" else LearnedPositions
         self.pos = positions(d, cfg.max_len)
+        self.turns = TurnEmbedding(d, TURNS, cfg.sep_id) if cfg.turn_embeddings else None
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.hidden_dim, cfg.dropout) for _ in range(cfg.layers))
         self.decoder = nn.ModuleList(DecoderBlock(d, cfg.heads, cfg.hidden_dim, cfg.dropout) for _ in range(cfg.layers))
@@ -36,15 +41,16 @@ class TransformerSeq2Seq(Seq2Seq):
         if cfg.tie_embeddings:
             self.out.weight = self.embed.weight
 
-    def _embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, offset: int = 0, extra: torch.Tensor | None = None) -> torch.Tensor:
         if offset + ids.size(1) > self.cfg.max_len:
             raise ValueError(f"sequence longer than model.max_len={self.cfg.max_len}")
-        return self.drop(self.embed(ids) * math.sqrt(self.cfg.emb_dim) + self.pos(offset, ids.size(1)))
+        x = self.embed(ids) * math.sqrt(self.cfg.emb_dim) + self.pos(offset, ids.size(1))
+        return self.drop(x if extra is None else x + extra)
 
     def encode(self, src: torch.Tensor) -> Encoded:
         mask = src != self.cfg.pad_id
         attn_mask = mask[:, None, None, :]  # (b, 1, 1, s): every query sees the real keys
-        x = self._embed(src)
+        x = self._embed(src, extra=None if self.turns is None else self.turns(src))
         for block in self.encoder:
             x = block(x, attn_mask)
         memory = self.enc_norm(x)

@@ -68,9 +68,11 @@ Turn = Annotated[str, StringConstraints(max_length=limits.MAX_TURN)]
 class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(max_length=limits.MAX_QUESTION, examples=["Как дела?"])
-    category: Optional[str] = Field(None, max_length=limits.MAX_CATEGORY, description="any case; null: none")
+    category: Optional[str] = Field(None, max_length=limits.MAX_CATEGORY,
+                                    description="any case; null: none (a character's name for a persona model)")
     history: list[Turn] = Field(default_factory=list, max_length=limits.MAX_HISTORY,
-                                description="earlier turns, oldest first (accepted; today's models ignore it)")
+                                description="earlier turns of this conversation, oldest first (question, answer, "
+                                            "...); the model reads its last max_history of them")
     decoding: DecodingOptions = Field(default_factory=DecodingOptions)
 
 
@@ -84,6 +86,7 @@ class AnswerResponse(BaseModel):
     category: Optional[str]  # the model's own spelling
     question: str  # normalized, as the model saw it
     truncated: bool  # cut to the model's max_src_len tokens
+    history_turns: int  # earlier turns the model read (at most its max_history)
     latency_ms: float  # from arrival to answer, queueing included
     decoding: DecodingOptions  # every option, defaults filled in
 
@@ -150,12 +153,15 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
         return AnswerResponse(
             answers=[AnswerOut(text=a.text, score=a.score if math.isfinite(a.score) else None) for a in reply.answers],
             category=reply.category, question=reply.question, truncated=reply.truncated,
+            history_turns=reply.history_turns,
             latency_ms=round((time.perf_counter() - start) * 1000, 2), decoding=DecodingOptions(**asdict(decoding)))
 
     @app.get("/api/categories")
     async def categories() -> dict:
-        """The categories the model knows; `conditioned` false: they do not change its answers."""
-        return {"categories": service.categories, "conditioned": service.conditioned}
+        """The categories the model knows; `conditioned` false: they do not change its answers;
+        `condition_field` speaker: they are characters the model answers as."""
+        return {"categories": service.categories, "conditioned": service.conditioned,
+                "condition_field": service.condition_field}
 
     @app.get("/api/limits")
     async def caps() -> dict:
@@ -167,7 +173,8 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
         """Liveness; answers at once even while a decode is running."""
         cfg = service.model.cfg
         return {"status": "ok", "model": {"type": cfg.type, "conditioned": service.conditioned,
-                                          "categories": len(service.categories)},
+                                          "categories": len(service.categories), "max_history": service.max_history,
+                                          "condition_field": service.condition_field},
                 "busy": batcher.busy, "waiting": len(batcher.waiting), "decoder_calls": batcher.calls}
 
     @app.get("/", include_in_schema=False)

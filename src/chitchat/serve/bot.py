@@ -46,7 +46,7 @@ class ChatState:
 
     category: str | None = None
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    history: list[str] = field(default_factory=list)  # question, answer, question, ... (newest last)
+    history: list[str] = field(default_factory=list)  # question, answer, ... newest last (the model reads max_history)
     choosing_category: bool = False  # the category keyboard is showing: a category name picks it
 
 
@@ -106,6 +106,8 @@ class ChatBot:
     async def start(self, message: Message) -> None:
         self.chats.pop(message.chat.id, None)
         note = "" if self.service.conditioned else "\n\n(This model ignores categories.)"
+        if self.service.conditioned and self.service.condition_field == "speaker":
+            note = "\n\n(The categories are characters: /category NAME makes me answer as NAME.)"
         await message.answer(f"Hi! I am a chit-chat model trained on Russian questions and answers.\n\n{HELP}{note}")
 
     async def help(self, message: Message) -> None:

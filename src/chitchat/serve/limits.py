@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from chitchat.decoding import DecodingConfig
-from chitchat.inference import MAX_QUESTION_CHARS, RequestError
+from chitchat.inference import MAX_HISTORY_TURNS, MAX_QUESTION_CHARS, RequestError
 
 # decoding option -> (smallest, largest) a request may set, both inclusive
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -27,7 +27,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 MAX_QUESTION = MAX_QUESTION_CHARS  # characters, as the service counts them
 MAX_CATEGORY = 200  # characters of a category name
-MAX_HISTORY = 20  # earlier turns (questions and answers) one request may carry
+MAX_HISTORY = MAX_HISTORY_TURNS  # earlier turns (questions and answers) one request may carry
 MAX_TURN = 2000  # characters of one earlier turn
 
 

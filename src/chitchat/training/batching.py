@@ -14,6 +14,7 @@ from typing import Sequence
 import polars as pl
 import torch
 
+from chitchat.prompt import encode_sources
 from chitchat.tokenizer import Tokenizer
 
 POOL_BATCHES = 50  # batches' worth of examples sorted together: larger pools pad less, shuffle less
@@ -21,29 +22,43 @@ POOL_BATCHES = 50  # batches' worth of examples sorted together: larger pools pa
 
 @dataclass(frozen=True)
 class Example:
-    """src = [category] question [eos]; tgt = [bos] answer [eos]."""
+    """src = [category] (history turns, each ended by <sep>) question [eos]; tgt = [bos] answer [eos]."""
 
     src: list[int]
     tgt: list[int]
 
 
 def encode_pairs(df: pl.DataFrame, tok: Tokenizer, max_src_len: int, max_tgt_len: int,
-                 condition: bool = True) -> list[Example]:
-    """Encode a pairs table; questions and answers are cut to fit the length limits.
+                 condition: bool = True, max_history: int | None = None) -> list[Example]:
+    """Encode a pairs table; sources are built by chitchat.prompt, answers cut to max_tgt_len.
 
     Without `condition` every source starts with the same unknown-category token, so the model
-    cannot tell categories apart (the baseline for measuring what conditioning adds).
+    cannot tell categories apart (the baseline for measuring what conditioning adds). The `history`
+    column, where there is one, gives the earlier turns; `max_history` keeps the most recent ones
+    (None: all the column holds; 0: none, a plain question -> answer model).
     """
-    questions = tok.encode_batch(df["question"].to_list())
+    if "history" in df.columns and max_history is not None:
+        df = df.with_columns(pl.col("history").list.tail(max(0, max_history)))
+    if getattr(tok, "kind", None) == "hf":  # a pretrained LM reads a text prompt: chitchat.hf_tokenizer
+        return tok.encode_examples(df, max_src_len, max_tgt_len, condition)
+    histories = df["history"].to_list() if "history" in df.columns else None
+    sources = encode_sources(tok, df["question"].to_list(), df["category"].to_list(), histories, max_src_len,
+                             condition=condition)
     answers = tok.encode_batch(df["answer"].to_list())
-    lead = tok.category_id if condition else (lambda _: tok.unknown_category_id)
-    return [
-        Example(
-            [lead(cat)] + q[: max_src_len - 2] + [tok.eos_id],
-            [tok.bos_id] + a[: max_tgt_len - 2] + [tok.eos_id],
-        )
-        for q, a, cat in zip(questions, answers, df["category"].to_list())
-    ]
+    return [Example(s.ids, [tok.bos_id] + a[: max_tgt_len - 2] + [tok.eos_id]) for s, a in zip(sources, answers)]
+
+
+def encode_text_windows(texts: Sequence[str], tok: Tokenizer, window: int) -> list[Example]:
+    """Language-model examples (model.task lm): each text as [bos] text [eos], cut into windows of
+    at most `window` tokens that overlap by one, so every token but BOS is a target exactly once
+    and long paragraphs are kept whole; src is empty (no prompt)."""
+    if window < 2:
+        raise ValueError(f"train.max_tgt_len must be >= 2 for model.task lm (the window), got {window}")
+    examples = []
+    for ids in tok.encode_batch(list(texts)):
+        seq = [tok.bos_id] + ids + [tok.eos_id]
+        examples += [Example([], seq[start : start + window]) for start in range(0, len(seq) - 1, window - 1)]
+    return examples
 
 
 def _cost(ex: Example) -> int:

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const NUMBERS = ["beam_size", "n", "temperature", "top_p", "top_k", "seed", "max_new_tokens", "no_repeat_ngram_size"];
+// history: this conversation's turns (question, answer, ...), sent with every question; "New chat" clears it
 const state = { history: [], maxHistory: 20, busy: false };
 
 async function fetchJSON(url, options) {
@@ -102,6 +103,7 @@ async function ask(question) {
     });
     fillAnswer(theirs, reply);
     state.history.push(question, reply.answers.length ? reply.answers[0].text : "");
+    state.history = state.history.slice(-state.maxHistory);
   } catch (err) {
     theirs.remove();
     mine.classList.add("failed");
@@ -117,6 +119,10 @@ async function load() {
   try {
     const [cats, caps] = await Promise.all([fetchJSON("/api/categories"), fetchJSON("/api/limits")]);
     for (const name of cats.categories) $("category").append(new Option(name, name));
+    if (cats.condition_field === "speaker") { // a persona model: the "categories" are characters
+      $("category-label").textContent = "Character";
+      $("category").options[0].text = "anyone";
+    }
     if (!cats.conditioned) {
       $("note").textContent = "This model was trained without categories: they do not change its answers.";
       $("note").hidden = false;
