@@ -60,7 +60,8 @@ def main(
             if hf:  # model and tokenizer from model.pretrained; data/tokenizer is not used
                 from chitchat.models.hf import load_pretrained
 
-                model, tok = load_pretrained(mcfg, frames[0]["category"].unique().to_list())
+                model, tok = load_pretrained(mcfg, frames[0]["category"].unique().to_list(),
+                                             _text_normalization(all_params)["condition_field"])
                 mcfg = model.cfg
             else:
                 model = build_model(mcfg)

@@ -101,6 +101,15 @@ def test_prompt_is_text_with_category_history_and_question(pretrained):
     assert ex.tgt[0] == tok.bos_id and ex.tgt[-1] == tok.eos_id and tok.decode(ex.tgt[1:]) == ROWS[0][2]
 
 
+def test_a_persona_model_names_the_character_and_keeps_that_line_when_saved(pretrained, tmp_path):
+    _, tok = load_pretrained(hf_config(pretrained), categories=["Пенни"], condition_field="speaker")
+    ids, _ = tok.encode_source("Привет.", "Пенни", [], max_len=200)
+    assert tok.backend.decode(ids) == "Персонаж: Пенни\n— Привет.\n"
+    tok.save(tmp_path / "saved")
+    again = type(tok).load(tmp_path / "saved")  # as serving loads data/model/hf
+    assert again.encode_source("Привет.", "Пенни", [], max_len=200)[0] == ids and again.categories == tok.categories
+
+
 def test_pad_equal_to_eos_gets_a_new_pad_token_and_the_embeddings_grow(tmp_path):
     # pad == eos (GPT-2's habit) would make the loss ignore every EOS target: the model would never stop
     build_tiny_pretrained(tmp_path, pad=None)

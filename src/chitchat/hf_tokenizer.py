@@ -3,7 +3,8 @@ model type `hf`.
 
 A pretrained causal LM has no category tokens, so the source is text it can read:
 
-    Категория: Юмор          (left out without a category, or when model.condition is false)
+    Категория: Юмор          (Персонаж: Пенни with prepare.condition_field speaker; left out
+                             without a category, or when model.condition is false)
     — earlier turn           (dialogues: the history, oldest first)
     — question
 
@@ -23,6 +24,7 @@ from chitchat.errors import InputError
 KIND = "hf"
 META_FILE = "chitchat_meta.json"  # beside the HF tokenizer files: categories and the prompt format
 CATEGORY_LINE = "Категория: {}\n"
+CONDITION_LINES = {"category": CATEGORY_LINE, "speaker": "Персонаж: {}\n"}  # by prepare.condition_field
 TURN_LINE = "— {}\n"  # a Russian dialogue line; history turns and the question alike
 PAD = "<pad>"  # added when the checkpoint has no padding token distinct from BOS and EOS
 INSTALL_HINT = 'model.type hf needs the optional extra: pip install -e ".[hf]"'
@@ -57,10 +59,11 @@ class HFTokenizer:
 
     kind = KIND
 
-    def __init__(self, backend, categories: Iterable[str] = ()):
+    def __init__(self, backend, categories: Iterable[str] = (), category_line: str = CATEGORY_LINE):
         self._backend = backend
+        self.category_line = category_line  # the prompt's first line, "{}" the category or character
         # name -> its prompt line; ChatService looks names up here, as in our Tokenizer
-        self.categories = {name: CATEGORY_LINE.format(name) for name in sorted(set(categories))}
+        self.categories = {name: category_line.format(name) for name in sorted(set(categories))}
         if backend.eos_token_id is None:
             raise ValueError("the pretrained tokenizer has no EOS token; the answer could never end")
         self.eos_id = int(backend.eos_token_id)
@@ -115,7 +118,7 @@ class HFTokenizer:
         A None category leaves the category line out. The most recent turns that fit
         are kept; the question is cut only when it alone overflows.
         """
-        lines = [CATEGORY_LINE.format(c) if c else "" for c in categories]
+        lines = [self.category_line.format(c) if c else "" for c in categories]
         turns = [list(h) if h is not None else [] for h in histories]
         flat = [TURN_LINE.format(t) for h in turns for t in h]
         cat_ids = self.encode_batch(lines)
@@ -160,15 +163,17 @@ class HFTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self._backend.save_pretrained(str(directory))
         meta = {"kind": KIND, "categories": sorted(self.categories),
-                "prompt": {"category": CATEGORY_LINE, "turn": TURN_LINE}}
+                "prompt": {"category": self.category_line, "turn": TURN_LINE}}
         (directory / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2, sort_keys=True) + "\n",
                                            encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path, categories: Iterable[str] | None = None) -> "HFTokenizer":
+    def load(cls, directory: str | Path, categories: Iterable[str] | None = None,
+             category_line: str | None = None) -> "HFTokenizer":
         """The tokenizer in `directory` (a pretrained checkpoint or data/model/hf), offline.
 
-        Categories come from `categories`, else from the folder's chitchat_meta.json, else none.
+        Categories and the category line come from the arguments, else from the folder's
+        chitchat_meta.json (what training saved), else none and CATEGORY_LINE.
         """
         transformers = import_transformers()
         directory = Path(directory)
@@ -176,7 +181,10 @@ class HFTokenizer:
             backend = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise InputError(directory, f"cannot load a Hugging Face tokenizer ({exc.__class__.__name__})") from None
+        meta_file = directory / META_FILE
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         if categories is None:
-            meta = directory / META_FILE
-            categories = json.loads(meta.read_text(encoding="utf-8"))["categories"] if meta.is_file() else []
-        return cls(backend, categories)
+            categories = meta.get("categories", [])
+        if category_line is None:
+            category_line = meta.get("prompt", {}).get("category", CATEGORY_LINE)
+        return cls(backend, categories, category_line)

@@ -20,7 +20,8 @@ import torch
 
 from chitchat.decoding import DecodingConfig
 from chitchat.errors import InputError
-from chitchat.hf_tokenizer import INSTALL_HINT, HFTokenizer, check_pretrained_dir, import_transformers
+from chitchat.hf_tokenizer import (CONDITION_LINES, INSTALL_HINT, HFTokenizer, check_pretrained_dir,
+                                   import_transformers)
 from chitchat.inference import ChatService, RequestError
 from chitchat.models.base import Encoded, Seq2Seq
 from chitchat.models.config import ModelConfig
@@ -121,13 +122,15 @@ def _add_lora(lm, cfg: ModelConfig):
         raise ValueError(f"model.lora_target_modules: {str(exc).splitlines()[0][:200]}") from None
 
 
-def load_pretrained(cfg: ModelConfig, categories: Iterable[str] = ()) -> tuple[HFCausalLM, HFTokenizer]:
+def load_pretrained(cfg: ModelConfig, categories: Iterable[str] = (),
+                    condition_field: str = "category") -> tuple[HFCausalLM, HFTokenizer]:
     """Model and tokenizer from `cfg.pretrained`, LoRA added when cfg.lora_r > 0; the model's cfg
-    gets the tokenizer's vocab size and pad id; `categories` are the names the prompt may carry."""
+    gets the tokenizer's vocab size and pad id; `categories` are the names the prompt may carry,
+    introduced as prepare.condition_field says (a category, or the character who answers)."""
     import dataclasses
 
     directory = check_pretrained_dir(cfg.pretrained)
-    tok = HFTokenizer.load(directory, categories=categories)
+    tok = HFTokenizer.load(directory, categories=categories, category_line=CONDITION_LINES[condition_field])
     cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
     lm = _load_lm(directory, tok.vocab_size)
     if cfg.lora_r > 0:
