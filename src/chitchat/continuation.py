@@ -21,7 +21,7 @@ from chitchat.data.normalize import normalize_text
 from chitchat.decoding import DecodingConfig, generate
 from chitchat.errors import InputError
 from chitchat.inference import RequestError, resolve_device
-from chitchat.models.base import Seq2Seq
+from chitchat.models.base import Seq2Seq, right_pad
 from chitchat.tokenizer import Tokenizer
 
 MAX_PROMPT_CHARS = 20_000  # longer requests are refused: only the model's context is read anyway
@@ -44,10 +44,7 @@ def encode_prompts(tok: Tokenizer, texts: Sequence[str], context: int) -> tuple[
         ids = [tok.bos_id] + ids
         cut.append(len(ids) > context)
         rows.append(ids[-context:])
-    src = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        src[i, : len(row)] = torch.tensor(row)
-    return src, rows, cut
+    return right_pad(rows, tok.pad_id), rows, cut
 
 
 def _new_text(tok: Tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:

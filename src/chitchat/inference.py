@@ -17,7 +17,7 @@ from chitchat.checkpoint import load_checkpoint, load_tokenizer
 from chitchat.data.normalize import normalize_text
 from chitchat.decoding import DecodingConfig, generate
 from chitchat.errors import InputError
-from chitchat.models.base import Seq2Seq
+from chitchat.models.base import Seq2Seq, right_pad
 from chitchat.prompt import encode_sources
 from chitchat.tokenizer import Tokenizer
 
@@ -204,7 +204,4 @@ class ChatService:
         tok = self.tokenizer
         sources = encode_sources(tok, texts, names, histories, self.max_src_len, self.max_history, self.conditioned)
         rows, truncated = [s.ids for s in sources], [s.truncated for s in sources]
-        src = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            src[i, : len(row)] = torch.tensor(row)
-        return src, truncated, [len(r) for r in rows]
+        return right_pad(rows, tok.pad_id), truncated, [len(r) for r in rows]

@@ -150,11 +150,11 @@ def fast_near_key(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
 
 
 def _case_expr(expr: pl.Expr, cfg: NearKeyConfig) -> pl.Expr:
-    """The casefold and yo_to_e rules as one expression (lazy frames run it on every core)."""
-    if cfg.casefold:
-        expr = expr.str.to_lowercase()
-    if cfg.yo_to_e:
-        expr = expr.str.replace_all("ё", "е", literal=True).str.replace_all("Ё", "Е", literal=True)
+    """The casefold and yo_to_e rules as one expression (lazy frames run it on every core); the
+    rules' own functions, which read the same on an expression as on a column."""
+    for name in ("casefold", "yo_to_e"):
+        if getattr(cfg, name):
+            expr = NEAR_RULES[name](expr)
     return expr
 
 
@@ -178,7 +178,7 @@ class DedupReport:
                 "first_phrases_capped": self.first_phrases_capped}
 
 
-def _question_runs(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+def question_runs(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     """(first, index): rows that open a run of one question record (same question text and qid),
     and each row's run number. Answers of one record are adjacent, so everything computed from the
     question is computed once per run (a quarter of the rows in the dump) and gathered back."""
@@ -259,7 +259,7 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
 
     # Everything about the question, once per question record, as integer codes per row; the texts
     # stay per run (`run` indexes them) for the few rows that need them.
-    first, run = _question_runs(df)
+    first, run = question_runs(df)
     questions = df["question"].filter(first)
     q_match = questions.to_frame().select(match_key(pl.col("question"))).to_series()
     df = df.with_columns(run.alias("run"), _codes(questions).gather(run).alias("q_text"),

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 from sklearn.model_selection import train_test_split
 
+from chitchat.data.dedup import question_runs
 from chitchat.data.normalize import match_key
 from chitchat.errors import InputError
 
@@ -57,8 +58,7 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
         raise InputError(source, "split fractions must lie strictly between 0 and 1")
     if cfg.valid_fraction + cfg.test_fraction >= 1:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
-    first = df.select(pl.col("question").ne_missing(pl.col("question").shift(1)).fill_null(True)).to_series()
-    run = first.cast(pl.UInt32).cum_sum() - 1
+    first, run = question_runs(df)
     runs = df.filter(first).select(match_key(pl.col("question")).alias("key"), "category")
     # group number of each run: its key's rank by first appearance
     runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))

@@ -7,10 +7,18 @@ Shapes: `src` (batch, src_len) token ids whose first token is the category token
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Id rows as one (len(rows), longest row) long tensor, each row followed by pad_id."""
+    out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
 
 
 @dataclass

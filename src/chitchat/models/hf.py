@@ -23,7 +23,7 @@ from chitchat.errors import InputError
 from chitchat.hf_tokenizer import (CONDITION_LINES, INSTALL_HINT, HFTokenizer, check_pretrained_dir,
                                    import_transformers)
 from chitchat.inference import ChatService, RequestError
-from chitchat.models.base import Encoded, Seq2Seq
+from chitchat.models.base import Encoded, Seq2Seq, right_pad
 from chitchat.models.config import ModelConfig
 
 Past = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (key, value): (batch, heads, len, head_dim)
@@ -179,7 +179,4 @@ class HFChatService(ChatService):
         tok = self.tokenizer
         names = [name if self.conditioned else None for name in names]
         rows = tok.encode_sources(texts, names, histories or [None] * len(texts), self.max_src_len)
-        src = torch.full((len(rows), max(len(ids) for ids, _ in rows)), tok.pad_id, dtype=torch.long)
-        for i, (ids, _) in enumerate(rows):
-            src[i, : len(ids)] = torch.tensor(ids)
-        return src, [cut for _, cut in rows], [len(ids) for ids, _ in rows]
+        return right_pad([ids for ids, _ in rows], tok.pad_id), [cut for _, cut in rows], [len(ids) for ids, _ in rows]

@@ -14,6 +14,7 @@ from typing import Sequence
 import polars as pl
 import torch
 
+from chitchat.models.base import right_pad
 from chitchat.prompt import encode_sources
 from chitchat.tokenizer import Tokenizer
 
@@ -94,11 +95,4 @@ def token_budget_batches(examples: Sequence[Example], max_tokens: int, seed: int
 
 def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (batch, src_len) and (batch, tgt_len) id tensors."""
-    src_len = max(len(e.src) for e in examples)
-    tgt_len = max(len(e.tgt) for e in examples)
-    src = torch.full((len(examples), src_len), pad_id, dtype=torch.long)
-    tgt = torch.full((len(examples), tgt_len), pad_id, dtype=torch.long)
-    for row, e in enumerate(examples):
-        src[row, : len(e.src)] = torch.tensor(e.src)
-        tgt[row, : len(e.tgt)] = torch.tensor(e.tgt)
-    return src, tgt
+    return right_pad([e.src for e in examples], pad_id), right_pad([e.tgt for e in examples], pad_id)
