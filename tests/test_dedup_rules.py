@@ -298,3 +298,121 @@ def test_kept_rows_reads_only_the_key_columns_and_keeps_the_rest_aligned():
     out, _ = dedup_pairs(df, DedupConfig())
     assert rows.to_list() == list(range(5)) and out["extra"].to_list() == [[str(i)] for i in range(5)]
     assert report.pairs_out == 5
+
+
+def reference_dedup(df: pl.DataFrame, cfg: DedupConfig) -> tuple[list[int], dict, int]:
+    """The rules as the module docstring states them, row by row in Python: (rows kept, removed, capped).
+    The keys come from the rule-by-rule near_key and the match key; nothing is shared or skipped."""
+    from chitchat.data.normalize import match_key
+
+    q, a, qid = df["question"], df["answer"], df["qid"].to_list()
+    rules = cfg.near.enabled()
+    prefix = [near_key(q, NearKeyConfig(**{r: r in rules[:i] for r in NEAR_RULES})).to_list() for i in range(len(rules) + 1)]
+    prefix_a = [near_key(a, NearKeyConfig(**{r: r in rules[:i] for r in NEAR_RULES})).to_list() for i in range(len(rules) + 1)]
+    q_match = df.select(match_key(pl.col("question"))).to_series().to_list()
+    a_match = df.select(match_key(pl.col("answer"))).to_series().to_list()
+    phrase = near_key(df.select(first_phrase(pl.col("question"))).to_series(), cfg.near).to_list()
+    alive, removed = list(range(df.height)), {}
+
+    def first_of_each(rows, key):
+        seen, out = set(), []
+        for r in rows:
+            if key(r) not in seen:
+                seen.add(key(r))
+                out.append(r)
+        return out
+
+    if cfg.exact:
+        kept = first_of_each(alive, lambda r: (q[r], a[r]))
+        removed["exact_duplicate"], alive = len(alive) - len(kept), kept
+    if rules:
+        distinct = [len({(prefix[i][r], prefix_a[i][r]) for r in alive}) for i in range(len(rules) + 1)]
+        if not cfg.exact:
+            removed["near_identical"] = len(alive) - distinct[0]
+        for i, name in enumerate(rules):
+            removed[f"near_{name}"] = distinct[i] - distinct[i + 1]
+        alive = first_of_each(alive, lambda r: (prefix[-1][r], prefix_a[-1][r]))
+    if cfg.answer_equals_question:
+        kept = [r for r in alive if q_match[r] != a_match[r]]
+        removed["answer_equals_question"], alive = len(alive) - len(kept), kept
+    if cfg.max_per_question:
+        seen: dict = {}
+        kept = [r for r in alive if seen.setdefault(q_match[r], []).append(r) or len(seen[q_match[r]]) <= cfg.max_per_question]
+        removed["over_max_per_question"], alive = len(alive) - len(kept), kept
+    capped = 0
+    if cfg.max_per_first_phrase:
+        qids: dict = {}
+        for r in alive:
+            qids.setdefault(phrase[r], set()).add(qid[r])
+        allowed = {p: sorted(ids)[: cfg.max_per_first_phrase] for p, ids in qids.items()}
+        kept = [r for r in alive if qid[r] in allowed[phrase[r]]]
+        capped = len({phrase[r] for r in alive if qid[r] not in allowed[phrase[r]]})
+        removed["over_max_per_first_phrase"], alive = len(alive) - len(kept), kept
+    return alive, removed, capped
+
+
+def fuzz_table(n=1500, seed=0):
+    """Question records of 1-4 answers, questions re-asked in variants (so groups, phrases and caps
+    form), answers fuzzed and sometimes a variant of their question."""
+    import random
+
+    rng = random.Random(seed)
+    pool = fuzz_texts(60, seed=seed + 100).to_list() + ["Алло! Кто это?", "алло", "АЛЛО!!! да", "Ёж? Ну"]
+    answers = fuzz_texts(200, seed=seed + 200).to_list() + ["Да", "да!!!", "ДА", "не знаю", "Незнаю"]
+    rows, qid = [], 0
+    while len(rows) < n:
+        question = rng.choice(pool)
+        if rng.random() < 0.3:
+            question = rng.choice([question.upper(), question + "!!!", question.replace("е", "ё"), " ".join(question)])
+        for _ in range(rng.randint(1, 4)):
+            answer = rng.choice(answers) if rng.random() < 0.85 else rng.choice([question, question.lower() + "?"])
+            rows.append((qid, question, answer))
+        qid += 1
+    return pl.DataFrame(rows, schema={"qid": pl.UInt32, "question": pl.String, "answer": pl.String}, orient="row")
+
+
+@pytest.mark.parametrize("seed, near_mask, exact, aeq, per_q, per_phrase", [
+    (0, 31, True, True, 2, 3), (1, 31, False, True, 0, 2), (2, 0, True, True, 1, 1), (3, 15, True, True, 3, 0),
+    (4, 27, False, False, 0, 4), (5, 23, True, True, 2, 2), (6, 1, True, True, 0, 1), (7, 30, False, True, 1, 0),
+    (8, 31, True, False, 0, 0), (9, 12, True, True, 2, 5),
+])
+def test_kept_rows_equals_the_rules_applied_row_by_row(seed, near_mask, exact, aeq, per_q, per_phrase):
+    """The shortcuts of kept_rows (keys per question run, near keys only for answers whose lead is
+    shared, counts on shared keys only, caps on big groups only) change nothing."""
+    from chitchat.data.dedup import kept_rows
+
+    cfg = DedupConfig(exact=exact, answer_equals_question=aeq, max_per_question=per_q, max_per_first_phrase=per_phrase,
+                      near=NearKeyConfig(**{r: bool(near_mask >> i & 1) for i, r in enumerate(NEAR_RULES)}))
+    df = fuzz_table(seed=seed)
+    rows, report = kept_rows(df, cfg)
+    want_rows, want_removed, want_capped = reference_dedup(df, cfg)
+    assert rows.to_list() == want_rows
+    assert report.removed == want_removed and report.first_phrases_capped == want_capped
+    assert sum(want_removed.values()) > 0
+
+
+def test_lower_casing_makes_no_letter_but_the_listed_ones_and_unmakes_none():
+    """What `leads` relies on, over every code point: lower-casing a character that is not a letter
+    or digit ([^\\W_] in polars' regex) yields none, except for LEAD_EXTRA (capitals newer than the
+    regex's tables), and lower-casing a letter or digit yields a text that starts with one."""
+    from chitchat.data.dedup import LEAD_EXTRA
+
+    chars = pl.Series([chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF], dtype=pl.String)
+    frame = chars.to_frame("c").with_columns(lower=pl.col("c").str.to_lowercase())
+    is_word = frame.select(pl.col("c").str.contains(r"^[^\W_]$")).to_series()
+    lower_has_word = frame.select(pl.col("lower").str.contains(r"[^\W_]")).to_series()
+    lower_starts_word = frame.select(pl.col("lower").str.contains(r"^[^\W_]")).to_series()
+    assert sorted(chars.filter(~is_word & lower_has_word).to_list()) == sorted(LEAD_EXTRA)
+    assert (lower_starts_word | ~is_word).all()
+    assert is_word.sum() > 100_000  # the check saw the letters of every script
+
+
+def test_leads_of_texts_with_equal_keys_are_equal():
+    from chitchat.data.dedup import fast_near_key, leads
+
+    texts = pl.concat([fuzz_texts(3000, seed=5), pl.Series(["\ua7d2x", "\ua7d3X", "...\ua7d4", "\ua7d5", "İ", "i̇", "!Σ", "σ"])])
+    for mask in range(32):
+        cfg = NearKeyConfig(**{r: bool(mask >> i & 1) for i, r in enumerate(NEAR_RULES)})
+        frame = pl.DataFrame({"key": fast_near_key(texts, cfg), "lead": leads(texts, cfg)})
+        per_key = frame.group_by("key").agg(pl.col("lead").n_unique())
+        assert per_key["lead"].max() == 1, mask

@@ -8,13 +8,13 @@ depends only on the input and the config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import polars as pl
 
 from chitchat.io import config_from
-from chitchat.data.normalize import match_key
+from chitchat.data.normalize import lower_yo, match_key
 
 # A sentence end (. ! ? …, a run of them) followed by a space or the end, after at least one
 # word character: "3.5 литра" and a leading "..." do not end a first phrase.
@@ -73,7 +73,7 @@ def _drop_punctuation(texts: pl.Series) -> pl.Series:
 # output of the one before, so every rule can only merge more pairs, never split them again.
 NEAR_RULES: dict[str, Callable[[pl.Series], pl.Series]] = {
     "casefold": lambda s: s.str.to_lowercase(),
-    "yo_to_e": lambda s: s.str.replace_all("ё", "е", literal=True).str.replace_all("Ё", "Е", literal=True),
+    "yo_to_e": lambda s: s.str.replace_many(["ё", "Ё"], ["е", "Е"]),
     "punctuation": _drop_punctuation,
     "repeats": _collapse_repeats,
     "whitespace": lambda s: s.str.replace_all(r"\s+", ""),
@@ -132,30 +132,59 @@ def near_key(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
 
 
 KEY_CHUNK = 1_000_000  # texts keyed at a time: bounds the memory of the intermediate columns
+CASE_RULES = ("casefold", "yo_to_e")  # the rules that come first and change letters, not the text's shape
 
 
-def fast_near_key(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
+def _lazy(texts: pl.Series, expr_of: Callable[[pl.Expr], pl.Expr]) -> pl.Series:
+    """expr_of(column) over `texts`, in a lazy frame so that polars runs it on every core."""
+    return texts.to_frame("t").lazy().select(expr_of(pl.col("t"))).collect().to_series()
+
+
+def fast_near_key(texts: pl.Series, cfg: NearKeyConfig, cased: bool = False) -> pl.Series:
     """near_key, equal on every input, in fewer passes: with punctuation and whitespace both on,
     every run of punctuation and spaces becomes one space (which run collapsing cannot cross,
     as before) and the spaces go at the end: one regex pass instead of four. Long columns go a
-    chunk at a time (each text's key depends on that text only)."""
+    chunk at a time (each text's key depends on that text only). With `cased`, the texts have
+    been through the enabled case rules already (dedup shares that pass with the match key)."""
     if len(texts) > KEY_CHUNK:
-        return pl.concat([fast_near_key(texts.slice(i, KEY_CHUNK), cfg) for i in range(0, len(texts), KEY_CHUNK)])
+        return pl.concat([fast_near_key(texts.slice(i, KEY_CHUNK), cfg, cased) for i in range(0, len(texts), KEY_CHUNK)])
     if not (cfg.punctuation and cfg.whitespace):
-        return near_key(texts, cfg)
-    texts = texts.to_frame("t").lazy().select(_case_expr(pl.col("t"), cfg).str.replace_all(r"[\W_]+", " ")).collect()["t"]
+        return near_key(texts, replace(cfg, casefold=False, yo_to_e=False) if cased else cfg)
+    texts = _lazy(texts, lambda t: (t if cased else _case_expr(t, cfg)).str.replace_all(r"[\W_]+", " "))
     if cfg.repeats:
         texts = _collapse_repeats(texts)
-    return texts.str.replace_all(" ", "", literal=True)
+    return _lazy(texts, lambda t: t.str.replace_all(" ", "", literal=True))
 
 
 def _case_expr(expr: pl.Expr, cfg: NearKeyConfig) -> pl.Expr:
-    """The casefold and yo_to_e rules as one expression (lazy frames run it on every core); the
-    rules' own functions, which read the same on an expression as on a column."""
-    for name in ("casefold", "yo_to_e"):
+    """The casefold and yo_to_e rules as one expression; the rules' own functions, which read the
+    same on an expression as on a column."""
+    for name in CASE_RULES:
         if getattr(cfg, name):
             expr = NEAR_RULES[name](expr)
     return expr
+
+
+# Characters that polars' regex does not count as letters but whose lower case it does: two capitals
+# newer than its \w tables (U+A7D2, U+A7D4). With casefold on, a lead must not skip them (the
+# tests check this list); with it off they are punctuation like any other non-letter.
+LEAD_EXTRA = "\ua7d2\ua7d4"
+_LEAD = r"([^\W_])"
+_LEAD_CASEFOLD = r"([^\W_]|[" + "".join(f"\\x{{{ord(c):X}}}" for c in LEAD_EXTRA) + "])"
+
+
+def leads(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
+    """The first letter or digit of each text after the enabled case rules (null when none).
+
+    Texts with equal near keys have equal leads, whatever rules are on: the key's letters and
+    digits are the case-ruled text's, in order, with runs cut to their first. So two pairs whose
+    answers lead differently can never merge, and most answers need no near key at all. The case
+    rules go on the one character: lower-casing turns no other character into a letter or digit
+    (LEAD_EXTRA excepted, leads under casefold) and no letter into a non-letter (the tests check
+    every code point), and its only context rule, the final sigma, needs a letter before it.
+    """
+    lead = _LEAD_CASEFOLD if cfg.casefold else _LEAD
+    return _lazy(texts, lambda t: _case_expr(t.str.extract(lead, 1), cfg).str.slice(0, 1))
 
 
 def first_phrase(expr: pl.Expr) -> pl.Expr:
@@ -206,15 +235,16 @@ def _distinct(df: pl.DataFrame, code: str, text: str) -> tuple[pl.Series, pl.Ser
     return (~hashed).scatter(rows, sub["first"]), hashed.scatter(rows, sub["shared"])
 
 
-def _near_dedup(df: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int]) -> pl.Series:
-    """Rows to keep: the first pair of each (question key, answer key); count the extra pairs each
-    rule merges on top of the rules before it (and identical pairs, when `exact` is off).
+def _near_dedup(sub: pl.DataFrame, texts: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int]) -> pl.Series:
+    """Of the rows `sub` (q_near, a_near, _row into `texts`), those to keep: the first pair of each
+    (question key, answer key); count the extra pairs each rule merges on top of the rules before
+    it (and identical pairs, when `exact` is off).
 
     Only pairs whose full key is shared can merge under any prefix of the rules, so the per-rule
     counts are taken on those few pairs alone, with the reference rules one at a time.
     """
-    keep, shared = _distinct(df, "q_near", "a_near")
-    shared = df.filter(shared).select("question", "answer")
+    keep, shared = _distinct(sub, "q_near", "a_near")
+    shared = texts.gather(sub["_row"].filter(shared))
     if not cfg.exact:
         removed["near_identical"] = shared.height - shared.n_unique()
     distinct = shared.n_unique()
@@ -225,19 +255,21 @@ def _near_dedup(df: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int]) -> 
     return keep
 
 
-def _answer_repeats_question(df: pl.DataFrame, q_match: pl.Series, cfg: DedupConfig) -> pl.Series:
-    """Rows whose answer has the question's match key (`q_match`: the key per question run).
+def _lead_by_key(near: NearKeyConfig) -> bool:
+    """Whether equal match keys mean equal near keys (and so equal leads): when the near key
+    folds case and ё and drops punctuation and spaces (repeats only merges more)."""
+    return near.casefold and near.yo_to_e and near.punctuation and near.whitespace
 
-    With casefold, ё, punctuation and whitespace in the near key, equal match keys mean equal near
-    keys, so only the rows whose near keys are equal need the match key of their answer."""
-    near = cfg.near
-    if "a_near" in df.columns and near.casefold and near.yo_to_e and near.punctuation and near.whitespace:
-        rows = df.select((pl.col("a_near") == pl.col("q_near_text")).arg_true()).to_series()
-    else:
-        rows = pl.int_range(df.height, dtype=pl.UInt32, eager=True)
-    sub = df.select(pl.col("answer").gather(rows), pl.col("run").gather(rows))
-    same = sub.select(match_key(pl.col("answer")) == q_match.gather(sub["run"])).to_series()
-    return pl.repeat(False, df.height, dtype=pl.Boolean, eager=True).scatter(rows.filter(same), True)
+
+def _over_cap(rows: pl.DataFrame, group: str, rank: pl.Expr, cap: int) -> pl.Series:
+    """Rows whose `rank` within their `group` exceeds `cap`. Only groups of more than `cap` rows
+    can have one, and those are few: the ranks are taken on them alone."""
+    big = rows.select(pl.len().over(group) > cap).to_series()
+    over = pl.repeat(False, rows.height, dtype=pl.Boolean, eager=True)
+    if big.any():
+        sub = rows.filter(big)
+        over = over.scatter(big.arg_true(), sub.select(rank.over(group) > cap).to_series())
+    return over
 
 
 KEY_COLUMNS = ("qid", "question", "answer")  # all the rules read: the rest of a row rides along
@@ -252,8 +284,8 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
     """
     if cfg.max_per_first_phrase > 0 and "qid" not in df.columns:
         raise ValueError("dedup.max_per_first_phrase counts questions by qid; the table has no qid")
-    df = df.select(c for c in KEY_COLUMNS if c in df.columns).with_row_index("_row")
-    pairs_in = df.height
+    texts = df.select("question", "answer")  # by row number; the rules below carry integers
+    pairs_in, near = df.height, cfg.near
     removed: dict[str, int] = {}
     capped = 0
 
@@ -261,43 +293,66 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
     # stay per run (`run` indexes them) for the few rows that need them.
     first, run = question_runs(df)
     questions = df["question"].filter(first)
-    q_match = questions.to_frame().select(match_key(pl.col("question"))).to_series()
-    df = df.with_columns(run.alias("run"), _codes(questions).gather(run).alias("q_text"),
-                         _codes(q_match).gather(run).alias("q_match"))
-    if cfg.near.enabled():
-        q_near = fast_near_key(questions, cfg.near)
-        df = df.with_columns(_codes(q_near).gather(run).alias("q_near"))
-    if cfg.max_per_first_phrase > 0:
-        phrases = fast_near_key(questions.to_frame().select(first_phrase(pl.col("question"))).to_series(), cfg.near)
-        df = df.with_columns(_codes(phrases).gather(run).alias("phrase"))
-    del questions
+    lowered = _lazy(questions, lower_yo)  # shared by the match key and (usually) the near key
+    q_match = _lazy(lowered, lambda t: match_key(t, lowered=True))
+    rows = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), *(["qid"] if "qid" in df.columns else []))
+    rows = rows.with_columns(run.alias("run"), _codes(questions).gather(run).alias("q_text"),
+                             _codes(q_match).gather(run).alias("q_match"))
+    q_near = questions  # near_key with no rule on
+    if near.enabled():
+        q_near = (fast_near_key(lowered, near, cased=True) if near.casefold and near.yo_to_e
+                  else fast_near_key(questions, near))
+        rows = rows.with_columns(_codes(q_near).gather(run).alias("q_near"))
+    if cfg.max_per_first_phrase > 0:  # most first phrases are the whole question: its key is known
+        phrases = _lazy(questions, first_phrase)
+        other = (phrases != questions).arg_true()
+        phrase_keys = q_near.clone().scatter(other, fast_near_key(phrases.gather(other), near))
+        rows = rows.with_columns(_codes(phrase_keys).gather(run).alias("phrase"))
+    del lowered, first
 
     if cfg.exact:
-        before = df.height
-        df = df.filter(_distinct(df, "q_text", "answer")[0])
-        removed["exact_duplicate"] = before - df.height
-    if cfg.near.enabled():
-        df = df.with_columns(fast_near_key(df["answer"], cfg.near).alias("a_near"))
-        df = df.filter(_near_dedup(df, cfg, removed))
+        keep = _distinct(rows.select("q_text").with_columns(texts["answer"]), "q_text", "answer")[0]
+        removed["exact_duplicate"] = rows.height - int(keep.sum())
+        rows = rows.filter(keep)
+    lead_by_key = cfg.answer_equals_question and _lead_by_key(near)
+    if near.enabled():
+        # Near keys only for answers that could merge or repeat their question: those whose lead
+        # another answer to the same question key shares, or the question's own lead.
+        rows = rows.with_columns(leads(texts["answer"], near).gather(rows["_row"]).alias("a_lead"))
+        need = rows.select(pl.struct("q_near", "a_lead").is_duplicated()).to_series()
+        if lead_by_key:
+            need |= rows["a_lead"].eq_missing(leads(questions, near).gather(rows["run"]))
+        sub = rows.filter(need).select("_row", "q_near")
+        sub = sub.with_columns(fast_near_key(texts["answer"].gather(sub["_row"]), near).alias("a_near"))
+        keep = (~need).scatter(need.arg_true(), _near_dedup(sub, texts, cfg, removed))
+        a_near = pl.repeat(None, rows.height, dtype=pl.String, eager=True).scatter(need.arg_true(), sub["a_near"])
+        rows = rows.with_columns(a_near.alias("a_near")).filter(keep).drop("a_lead")
     if cfg.answer_equals_question:
-        if "a_near" in df.columns:
-            df = df.with_columns(q_near.gather(df["run"]).alias("q_near_text"))
-        drop = _answer_repeats_question(df, q_match, cfg)
-        df = df.filter(~drop)
+        # Equal match keys mean equal near keys: only rows whose near keys are equal need the match
+        # key of their answer (rows without a near key lead unlike their question).
+        if lead_by_key:
+            check = rows["a_near"].is_not_null()
+            keyed = rows.filter(check)
+            check = check.scatter(check.arg_true(), keyed["a_near"] == q_near.gather(keyed["run"]))
+        else:
+            check = pl.repeat(True, rows.height, dtype=pl.Boolean, eager=True)
+        sub = rows.filter(check).select("_row", "run")
+        same = _lazy(texts["answer"].gather(sub["_row"]), match_key) == q_match.gather(sub["run"])
+        drop = pl.repeat(False, rows.height, dtype=pl.Boolean, eager=True).scatter(check.arg_true().filter(same), True)
         removed["answer_equals_question"] = int(drop.sum())
-    df = df.drop("question", "answer", "a_near", "q_near_text", strict=False)
+        rows = rows.filter(~drop)
+    rows = rows.drop("a_near", strict=False)
     if cfg.max_per_question > 0:
-        before = df.height
-        df = df.filter(pl.int_range(pl.len()).over("q_match") < cfg.max_per_question)
-        removed["over_max_per_question"] = before - df.height
+        over = _over_cap(rows, "q_match", pl.int_range(1, pl.len() + 1), cfg.max_per_question)
+        removed["over_max_per_question"] = int(over.sum())
+        rows = rows.filter(~over)
     if cfg.max_per_first_phrase > 0:
-        before = df.height
-        over = df.select(pl.col("qid").rank("dense").over("phrase") > cfg.max_per_first_phrase).to_series()
-        capped = df["phrase"].filter(over).n_unique()
-        df = df.filter(~over)
-        removed["over_max_per_first_phrase"] = before - df.height
+        over = _over_cap(rows, "phrase", pl.col("qid").rank("dense"), cfg.max_per_first_phrase)
+        capped = rows["phrase"].filter(over).n_unique()
+        removed["over_max_per_first_phrase"] = int(over.sum())
+        rows = rows.filter(~over)
 
-    return df["_row"], DedupReport(pairs_in, df.height, removed, capped)
+    return rows["_row"], DedupReport(pairs_in, rows.height, removed, capped)
 
 
 def dedup_pairs(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:

@@ -133,14 +133,19 @@ def _normalize_touched(texts: pl.Series, lowercase: bool, yo_to_e: bool) -> pl.S
     return out
 
 
-def match_key(expr: pl.Expr) -> pl.Expr:
+def lower_yo(expr: pl.Expr) -> pl.Expr:
+    """Lower case with ё read as е: the case part of match_key (to_lowercase leaves no Ё)."""
+    return expr.str.to_lowercase().str.replace_all("ё", "е", literal=True)
+
+
+def match_key(expr: pl.Expr, lowered: bool = False) -> pl.Expr:
     """A comparison key: lower case, ё→е, punctuation and emoji dropped, whitespace collapsed.
 
-    Two texts with the same key read as the same phrase ("Как дела?" and "как дела").
+    Two texts with the same key read as the same phrase ("Как дела?" and "как дела"). With
+    `lowered`, `expr` has been through lower_yo already (dedup shares that pass with its near key).
     """
     return (
-        expr.str.to_lowercase()
-        .str.replace_all("ё", "е", literal=True)
+        (expr if lowered else lower_yo(expr))
         .str.replace_all(r"[^\w\s]", " ")
         .str.replace_all(r"_", " ", literal=True)
         .str.replace_all(r"\s+", " ")
