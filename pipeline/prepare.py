@@ -7,7 +7,7 @@ the kept pairs to parquet as they come, so memory holds a few chunks whatever th
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import polars as pl
 import typer
@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chitchat.data.filters import FilterConfig, apply_filters
-from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_frames, parse_inputs
+from chitchat.data.readers import PARSE_WORKERS
+from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_chunks, parse_inputs
 from chitchat.errors import InputError
 from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
@@ -25,8 +26,26 @@ app = typer.Typer(add_completion=False)
 READER_PARAMS = ("inputs", "lowercase", "yo_to_e", "missing_category", "max_history", "condition_field")
 
 
+class ChunkTally:
+    """The metrics of one chunk's kept pairs, taken on the thread that filtered it."""
+
+    def __init__(self, kept: pl.DataFrame, dropped: dict[str, int]) -> None:
+        self.kept, self.dropped = kept.height, dropped
+        self.questions = kept["qid"].n_unique()  # a question never spans two chunks
+        self.per_source = dict(kept.group_by("source").len().iter_rows())
+        self.categories = set(kept["category"].unique().to_list())
+
+
+def filter_chunk(cfg: FilterConfig) -> Callable[[pl.DataFrame], tuple[pl.DataFrame, ChunkTally]]:
+    """The `finish` of iter_pair_chunks: filter a chunk's pairs and tally what is kept."""
+    def finish(pairs: pl.DataFrame) -> tuple[pl.DataFrame, ChunkTally]:
+        kept, dropped = apply_filters(pairs, cfg)
+        return kept, ChunkTally(kept, dropped)
+    return finish
+
+
 class Tally:
-    """The metrics of the kept pairs, gathered chunk by chunk (a question never spans two chunks)."""
+    """The metrics of the kept pairs, gathered chunk by chunk."""
 
     def __init__(self) -> None:
         self.pairs_in, self.pairs_out, self.questions = 0, 0, 0
@@ -34,13 +53,13 @@ class Tally:
         self.per_source: Counter = Counter()
         self.categories: set[str] = set()
 
-    def add(self, pairs: pl.DataFrame, kept: pl.DataFrame, dropped: dict[str, int]) -> None:
-        self.pairs_in += pairs.height
-        self.pairs_out += kept.height
-        self.questions += kept["qid"].n_unique()
-        self.dropped.update(dropped)
-        self.per_source.update(dict(kept.group_by("source").len().iter_rows()))
-        self.categories.update(kept["category"].unique().to_list())
+    def add(self, pairs_read: int, chunk: ChunkTally) -> None:
+        self.pairs_in += pairs_read
+        self.pairs_out += chunk.kept
+        self.questions += chunk.questions
+        self.dropped.update(chunk.dropped)
+        self.per_source.update(chunk.per_source)
+        self.categories.update(chunk.categories)
 
 
 def sink_interruptibly(source: pl.LazyFrame, path: Path, stop: threading.Event) -> None:
@@ -96,14 +115,13 @@ def main(
         stop = threading.Event()
 
         def kept_pairs(*_ignored) -> Iterator[pl.DataFrame]:
-            """The polars source: filtered chunks, tallied on the way to the parquet sink."""
-            for pairs in iter_pair_frames(specs, p.get("lowercase", False), p.get("yo_to_e", False),
-                                          p.get("missing_category", "Без категории"), max_history, reports,
-                                          condition_field):
+            """The polars source: chunks filtered (several at once), tallied on the way to the parquet sink."""
+            for kept, pairs_read, chunk in iter_pair_chunks(
+                    specs, p.get("lowercase", False), p.get("yo_to_e", False), p.get("missing_category", "Без категории"),
+                    max_history, reports, condition_field, finish=filter_chunk(cfg), workers=PARSE_WORKERS):
                 if stop.is_set():
                     raise KeyboardInterrupt
-                kept, dropped = apply_filters(pairs, cfg)
-                tally.add(pairs, kept, dropped)
+                tally.add(pairs_read, chunk)
                 bar.update(task, completed=tally.pairs_in)
                 yield kept
 

@@ -1,3 +1,4 @@
+import json
 import zipfile
 
 import pytest
@@ -89,3 +90,66 @@ def test_truncated_gzip_is_fatal(tmp_path, qa_records):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(InputError, match="truncated or corrupt"):
         list(read_qa_jsonl(path, ReadReport()))
+
+
+def test_ordered_map_keeps_the_order_raises_in_order_and_bounds_the_work_in_flight():
+    import threading
+    import time
+
+    from chitchat.data.readers import ordered_map
+
+    def slow(i):
+        time.sleep(0.02 * (i % 3))  # later items often finish first
+        return i * i
+
+    assert list(ordered_map(slow, range(12), workers=3)) == [i * i for i in range(12)]
+    assert list(ordered_map(slow, range(5), workers=1)) == [0, 1, 4, 9, 16]
+
+    def failing(i):
+        if i == 4:
+            raise ValueError("item 4")
+        return i
+
+    results = []
+    with pytest.raises(ValueError, match="item 4"):
+        for value in ordered_map(failing, range(10), workers=3):
+            results.append(value)
+    assert results == [0, 1, 2, 3]  # everything before the failing item, nothing after
+
+    started, lock = [], threading.Lock()
+
+    def tracked(i):
+        with lock:
+            started.append(i)
+        return i
+
+    pulled = iter(range(1000))
+    stream = ordered_map(tracked, pulled, workers=2)
+    assert next(stream) == 0
+    stream.close()  # a consumer that stops: no more items are taken from the input
+    assert len(started) <= 3 and next(pulled) <= 3
+
+
+def test_chunks_parsed_on_several_threads_give_the_same_table_and_reports(tmp_path, qa_records, monkeypatch):
+    """Many small chunks, bad lines spread over them: pairs, qids and every count and first line
+    number are the same with one worker and with four."""
+    import chitchat.data.readers as readers
+
+    raw = ['{"question": "обрыв', '{"question": "q", "responses": "строка"}', '{"question": "q3", "responses": ["ok", 5]}',
+           "\x00{bad", '{"question": "  ", "responses": ["a"]}'] * 40
+    lines = [json.dumps(r, ensure_ascii=False) for r in qa_records] * 30
+    mixed = [x for pair in zip(lines, raw) for x in pair]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(mixed) + "\n", encoding="utf-8")
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("\n".join(f"вопрос {i}\tответ {i}" if i % 7 else f"без табуляции {i}" for i in range(600)),
+                   encoding="utf-8")
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 700)  # dozens of chunks
+    specs = [InputSpec(str(path)), InputSpec(str(tsv))]
+    one, reports_one = read_inputs(specs, workers=1)
+    four, reports_four = read_inputs(specs, workers=4)
+    assert one.equals(four)
+    assert {k: r.as_dict() for k, r in reports_one.items()} == {k: r.as_dict() for k, r in reports_four.items()}
+    assert one["qid"].n_unique() == reports_one["qa"].records_ok + reports_one["pairs"].records_ok
+    assert reports_one["qa"].skipped_lines["malformed_json"] == [2, 8, 12, 18, 22]  # NUL removed, "{bad" too
+    assert reports_one["pairs"].skipped["no_tab"] == 86

@@ -21,16 +21,18 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import os
 import queue
 import re
 import tarfile
 import threading
 import zipfile
 import zlib
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, TypeVar
+from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 import polars as pl
 
@@ -39,6 +41,9 @@ from chitchat.errors import InputError
 MAX_EXAMPLE_LINES = 5
 CHUNK_BYTES = 16 << 20  # decompressed bytes parsed at a time: bounds memory, amortizes each polars call
 PREFETCH_CHUNKS = 2  # chunks the decompressing thread may run ahead of the parser
+# threads that parse chunks at once (polars releases the GIL): with the decompressing thread and
+# polars' own, every core has work; each chunk in flight holds some 100 MB of frames
+PARSE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: a line of only these is blank
 QA_DTYPE = pl.Struct({"question": pl.String, "category": pl.String, "responses": pl.List(pl.String)})
 # Polars' JSON decoder coerces (5 -> "5", "x" -> ["x"]) and keeps the first of two equal keys; a
@@ -53,6 +58,7 @@ _SUSPECT = "|".join([
 WHITESPACE_ONLY = r"^[\s\x1c-\x1f]*$"  # Python's str.strip() would leave nothing
 _SURROGATE = re.compile("[\ud800-\udfff]")
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -85,6 +91,20 @@ class ReadReport:
             self.skipped[reason] += count
             kept = self.skipped_lines.setdefault(reason, [])
             kept.extend(lines[: MAX_EXAMPLE_LINES - len(kept)])
+
+    def merge(self, other: "ReadReport") -> None:
+        """Add the counts of a later part of the same input (a chunk read on its own)."""
+        self.lines += other.lines
+        self.records_ok += other.records_ok
+        for reason, count in other.skipped.items():
+            self.skipped[reason] += count
+            kept = self.skipped_lines.setdefault(reason, [])
+            kept.extend(other.skipped_lines.get(reason, [])[: MAX_EXAMPLE_LINES - len(kept)])
+        self.responses_skipped.update(other.responses_skipped)
+        self.category_missing += other.category_missing
+        self.nul_bytes += other.nul_bytes
+        for member, lines in other.members.items():
+            self.members[member] = self.members.get(member, 0) + lines
 
     def as_dict(self) -> dict:
         return {
@@ -300,6 +320,26 @@ def _prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
         thread.join(timeout=5)
 
 
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
+    """fn over items on `workers` threads, the results in the order of the items; at most
+    workers + 1 items are in flight, so memory holds a few chunks whatever the input's size. An
+    error in fn is raised here, in order; when the consumer stops, pending items are cancelled."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="chitchat-parse")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def iter_line_chunks(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",),
                      chunk_bytes: int | None = None) -> Iterator[LineChunk]:
     """Every line of `path` (of its members with `suffixes`, in name order) in chunks of lines.
@@ -412,10 +452,17 @@ def parse_qa_lines(frame: pl.DataFrame, report: ReadReport) -> pl.DataFrame:
     return ok
 
 
-def qa_frames(path: str | Path, report: ReadReport) -> Iterator[pl.DataFrame]:
-    """The valid records of a QA dump, a frame per chunk (see parse_qa_lines); skips are counted."""
-    for chunk in iter_line_chunks(path):
-        records = parse_qa_lines(nonblank_lines(chunk, report), report)
+def qa_chunk(chunk: LineChunk) -> tuple[pl.DataFrame, ReadReport]:
+    """The valid records of one chunk of a QA dump (see parse_qa_lines) and the chunk's own report:
+    chunks can be parsed on several threads and their reports merged in order."""
+    report = ReadReport()
+    return parse_qa_lines(nonblank_lines(chunk, report), report), report
+
+
+def qa_frames(path: str | Path, report: ReadReport, workers: int = 1) -> Iterator[pl.DataFrame]:
+    """The valid records of a QA dump, a frame per chunk; skips are counted in `report`."""
+    for records, part in ordered_map(qa_chunk, iter_line_chunks(path), workers):
+        report.merge(part)
         if records.height:
             yield records
     if report.lines == 0:

@@ -22,7 +22,8 @@ Formats:
 category (`category`, the default) or the answering speaker (`speaker`, speakers files only).
 
 The QA dump and TSV pairs are read, normalized and turned into pairs a chunk at a time in polars
-(iter_pair_frames); only dialogues, which run across lines, are assembled in a Python loop.
+(iter_pair_chunks), on several threads at once; only dialogues, which run across lines, are
+assembled in a Python loop.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from chitchat.data.normalize import normalize_series, normalize_text
-from chitchat.data.readers import (WHITESPACE_ONLY, ReadReport, iter_line_chunks, iter_lines, nonblank_lines,
-                                   note_chunk, qa_frames)
+from chitchat.data.readers import (PARSE_WORKERS, WHITESPACE_ONLY, LineChunk, ReadReport, iter_line_chunks,
+                                   iter_lines, nonblank_lines, note_chunk, ordered_map, qa_chunk)
 from chitchat.errors import InputError
 
 FORMATS = ("auto", "qa_jsonl", "pairs_tsv", "dialogues", "speakers", "text")
@@ -123,26 +124,33 @@ def detect_format(path: str | Path) -> str:
     raise InputError(path, "file has no records (only blank lines)")
 
 
-def _tsv_frames(path: str, report: ReadReport) -> Iterator[pl.DataFrame]:
-    """(line, question, category, answers, history) per `question<TAB>answer[<TAB>category]` line."""
-    for chunk in iter_line_chunks(path, TEXT_MEMBERS):
-        lines = nonblank_lines(chunk, report).with_columns(fields=pl.col("text").str.split("\t"))
-        n = pl.col("fields").list.len()
-        reason = pl.when(n < 2).then(pl.lit("no_tab")).when(n > 3).then(pl.lit("too_many_tabs"))
-        lines = lines.with_columns(reason=reason)
-        report.skip_many(lines.filter(pl.col("reason").is_not_null()).select("line", "reason"))
-        ok = lines.filter(pl.col("reason").is_null()).select(
-            "line",
-            question=pl.col("fields").list.get(0),
-            category=pl.col("fields").list.get(2, null_on_oob=True),
-            answers=pl.concat_list(pl.col("fields").list.get(1)),
-            history=pl.lit([], dtype=pl.List(pl.String)),
-        )
-        ok = ok.with_columns(category=pl.when(pl.col("category").str.contains(WHITESPACE_ONLY))
-                             .then(None).otherwise("category"))
-        report.records_ok += ok.height
-        report.category_missing += ok["category"].null_count()
-        yield ok
+def _tsv_chunk(chunk: LineChunk) -> tuple[pl.DataFrame, ReadReport]:
+    """(line, question, category, answers, history) per `question<TAB>answer[<TAB>category]` line of
+    one chunk, and the chunk's own report (chunks are parsed on several threads)."""
+    report = ReadReport()
+    lines = nonblank_lines(chunk, report).with_columns(fields=pl.col("text").str.split("\t"))
+    n = pl.col("fields").list.len()
+    reason = pl.when(n < 2).then(pl.lit("no_tab")).when(n > 3).then(pl.lit("too_many_tabs"))
+    lines = lines.with_columns(reason=reason)
+    report.skip_many(lines.filter(pl.col("reason").is_not_null()).select("line", "reason"))
+    ok = lines.filter(pl.col("reason").is_null()).select(
+        "line",
+        question=pl.col("fields").list.get(0),
+        category=pl.col("fields").list.get(2, null_on_oob=True),
+        answers=pl.concat_list(pl.col("fields").list.get(1)),
+        history=pl.lit([], dtype=pl.List(pl.String)),
+    )
+    ok = ok.with_columns(category=pl.when(pl.col("category").str.contains(WHITESPACE_ONLY))
+                         .then(None).otherwise("category"))
+    report.records_ok += ok.height
+    report.category_missing += ok["category"].null_count()
+    return ok, report
+
+
+def _qa_chunk(chunk: LineChunk) -> tuple[pl.DataFrame, ReadReport]:
+    """qa_chunk's records in the columns every format yields."""
+    records, report = qa_chunk(chunk)
+    return records.rename({"responses": "answers"}).with_columns(history=pl.lit([], dtype=pl.List(pl.String))), report
 
 
 def _blocks(path: str, report: ReadReport, count_lines: bool = False) -> Iterator[list[tuple[int, str]]]:
@@ -309,12 +317,35 @@ def _pairs(records: pl.DataFrame, source: str, qid: int, norm: Callable[[pl.Seri
     return pairs.select(pl.col(name).cast(dtype) for name, dtype in PAIR_SCHEMA.items())
 
 
-def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
+Finish = Callable[[pl.DataFrame], tuple[pl.DataFrame, Any]]
+
+
+def _record_jobs(spec: InputSpec, fmt: str, report: ReadReport, max_history: int, condition_field: str
+                 ) -> tuple[Iterator, Callable[[Any], tuple[pl.DataFrame, ReadReport | None]]]:
+    """(items, fn): fn(item) gives a records frame and that item's own report (None when the
+    items' reader counts in `report` itself). The QA dump and TSV pairs go a chunk of lines at a
+    time, which threads can parse at once; dialogues and prose are assembled in order in Python."""
+    if fmt == "qa_jsonl":
+        return iter_line_chunks(spec.path), _qa_chunk
+    if fmt == "pairs_tsv":
+        return iter_line_chunks(spec.path, TEXT_MEMBERS), _tsv_chunk
+    if fmt == "text":
+        return _text_frames(spec.path, report), lambda frame: (frame, None)
+    return (_dialogue_frames(spec.path, report, max_history, fmt == "speakers", condition_field == "speaker"),
+            lambda frame: (frame, None))
+
+
+def iter_pair_chunks(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
                      missing_category: str = "Без категории", max_history: int = 0,
-                     reports: dict[str, ReadReport] | None = None,
-                     condition_field: str = "category") -> Iterator[pl.DataFrame]:
-    """All inputs as normalized pairs tables (see PAIR_SCHEMA), a chunk at a time, so that prepare
-    can filter as it reads and hold only the pairs it keeps. `reports` gets a report per source."""
+                     reports: dict[str, ReadReport] | None = None, condition_field: str = "category",
+                     finish: Finish | None = None, workers: int = 1) -> Iterator[tuple[pl.DataFrame, int, Any]]:
+    """All inputs as normalized pairs (see PAIR_SCHEMA), a chunk at a time: (frame, pairs read, extra).
+
+    `finish(pairs) -> (frame, extra)` runs on each chunk's pairs on the worker thread that made them
+    (prepare filters there), and may drop rows; without it the frame is the pairs and extra None.
+    Up to `workers` chunks are parsed, normalized and finished at once; results, reports and qids
+    come in input order whatever the number of workers. `reports` gets a report per source.
+    """
     if condition_field not in CONDITION_FIELDS:
         raise ValueError(f"prepare.condition_field must be one of {', '.join(CONDITION_FIELDS)}, "
                          f"got {condition_field!r}")
@@ -330,27 +361,43 @@ def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: b
         if condition_field == "speaker" and fmt != "speakers":
             raise InputError(spec.path, f"prepare.condition_field speaker needs `Name: text` lines (format speakers), "
                                         f"this input is {fmt}")
-        if fmt == "qa_jsonl":
-            frames = (f.rename({"responses": "answers"}).with_columns(history=pl.lit([], dtype=pl.List(pl.String)))
-                      for f in qa_frames(spec.path, report))
-        elif fmt == "pairs_tsv":
-            frames = _tsv_frames(spec.path, report)
-        elif fmt == "text":
-            frames = _text_frames(spec.path, report)
-        else:
-            frames = _dialogue_frames(spec.path, report, max_history, fmt == "speakers", condition_field == "speaker")
-        categories: dict[str, str] = {}
-        for records in frames:
-            if records.height:
-                yield _pairs(records, spec.source, qid, norm, spec.category or missing_category, categories)
-                qid += records.height
+        items, records_of = _record_jobs(spec, fmt, report, max_history, condition_field)
+        categories: dict[str, str] = {}  # raw name -> normalized; shared by the threads (same values)
+        fallback = spec.category or missing_category
+
+        def work(item, records_of=records_of, categories=categories, fallback=fallback, source=spec.source):
+            records, part = records_of(item)
+            if not records.height:
+                return 0, None, 0, None, part
+            pairs = _pairs(records, source, 0, norm, fallback, categories)  # qids from 0, offset in order
+            frame, extra = finish(pairs) if finish else (pairs, None)
+            return records.height, frame, pairs.height, extra, part
+
+        for n_records, frame, n_pairs, extra, part in ordered_map(work, items, workers):
+            if part is not None:
+                report.merge(part)
+            if n_records:
+                yield (frame.with_columns((pl.col("qid") + qid).cast(pl.UInt32)) if qid else frame), n_pairs, extra
+                qid += n_records
+        if fmt == "qa_jsonl" and report.lines == 0:
+            raise InputError(spec.path, "file has no records (only blank lines)")
+
+
+def iter_pair_frames(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
+                     missing_category: str = "Без категории", max_history: int = 0,
+                     reports: dict[str, ReadReport] | None = None,
+                     condition_field: str = "category", workers: int = 1) -> Iterator[pl.DataFrame]:
+    """All inputs as normalized pairs tables (see PAIR_SCHEMA), a chunk at a time (iter_pair_chunks)."""
+    for frame, _, _ in iter_pair_chunks(specs, lowercase, yo_to_e, missing_category, max_history, reports,
+                                        condition_field, workers=workers):
+        yield frame
 
 
 def read_inputs(specs: list[InputSpec], lowercase: bool = False, yo_to_e: bool = False,
-                missing_category: str = "Без категории", max_history: int = 0, condition_field: str = "category"
-                ) -> tuple[pl.DataFrame, dict[str, ReadReport]]:
+                missing_category: str = "Без категории", max_history: int = 0, condition_field: str = "category",
+                workers: int = PARSE_WORKERS) -> tuple[pl.DataFrame, dict[str, ReadReport]]:
     """All inputs as one normalized pairs table (see PAIR_SCHEMA) and a read report per source."""
     reports: dict[str, ReadReport] = {}
     frames = list(iter_pair_frames(specs, lowercase, yo_to_e, missing_category, max_history, reports,
-                                   condition_field))
+                                   condition_field, workers))
     return pl.concat([pl.DataFrame(schema=PAIR_SCHEMA), *frames], how="vertical"), reports
