@@ -285,7 +285,7 @@ def test_hashed_distinct_equals_plain_distinct_even_when_hashes_collide(monkeypa
     first, shared = dedup._distinct(df, "c", "t")
     assert first.to_list() == want["f"].to_list() and shared.to_list() == want["s"].to_list()
     # every text hashing alike: the exact comparison of the shared rows still tells them apart
-    monkeypatch.setattr(pl.Expr, "hash", lambda self, *a, **k: self.str.len_bytes().cast(pl.UInt64) * 0)
+    monkeypatch.setattr(pl.Expr, "hash", lambda self, *a, **k: self.is_null().cast(pl.UInt64) * 0)
     first, shared = dedup._distinct(df, "c", "t")
     assert first.to_list() == want["f"].to_list() and shared.to_list() == want["s"].to_list()
 
@@ -392,9 +392,9 @@ def test_kept_rows_equals_the_rules_applied_row_by_row(seed, near_mask, exact, a
 
 
 def test_lower_casing_makes_no_letter_but_the_listed_ones_and_unmakes_none():
-    """What `leads` relies on, over every code point: lower-casing a character that is not a letter
+    """What `ends` relies on, over every code point: lower-casing a character that is not a letter
     or digit ([^\\W_] in polars' regex) yields none, except for LEAD_EXTRA (capitals newer than the
-    regex's tables), and lower-casing a letter or digit yields a text that starts with one."""
+    regex's tables), and lower-casing a letter or digit yields a text that starts and ends with one."""
     from chitchat.data.dedup import LEAD_EXTRA
 
     chars = pl.Series([chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF], dtype=pl.String)
@@ -402,17 +402,35 @@ def test_lower_casing_makes_no_letter_but_the_listed_ones_and_unmakes_none():
     is_word = frame.select(pl.col("c").str.contains(r"^[^\W_]$")).to_series()
     lower_has_word = frame.select(pl.col("lower").str.contains(r"[^\W_]")).to_series()
     lower_starts_word = frame.select(pl.col("lower").str.contains(r"^[^\W_]")).to_series()
+    lower_ends_word = frame.select(pl.col("lower").str.contains(r"[^\W_]$")).to_series()
     assert sorted(chars.filter(~is_word & lower_has_word).to_list()) == sorted(LEAD_EXTRA)
-    assert (lower_starts_word | ~is_word).all()
+    assert (lower_starts_word & lower_ends_word | ~is_word).all()
     assert is_word.sum() > 100_000  # the check saw the letters of every script
 
 
-def test_leads_of_texts_with_equal_keys_are_equal():
-    from chitchat.data.dedup import fast_near_key, leads
+def test_ends_of_texts_with_equal_keys_are_equal():
+    from chitchat.data.dedup import ends, fast_near_key
 
-    texts = pl.concat([fuzz_texts(3000, seed=5), pl.Series(["\ua7d2x", "\ua7d3X", "...\ua7d4", "\ua7d5", "İ", "i̇", "!Σ", "σ"])])
+    odd = ["\ua7d2x", "\ua7d3X", "x\ua7d2", "xꟓ!", "...\ua7d4", "\ua7d5", "İ", "i̇", "!Σ", "σ", "ΑΣ", "ας", "ασ!",
+           "ΑΣ Β", "ας β", "aİ", "ai̇", "Ёж", "ЕЖ", "ёЁ"]
+    texts = pl.concat([fuzz_texts(3000, seed=5), pl.Series(odd)])
     for mask in range(32):
         cfg = NearKeyConfig(**{r: bool(mask >> i & 1) for i, r in enumerate(NEAR_RULES)})
-        frame = pl.DataFrame({"key": fast_near_key(texts, cfg), "lead": leads(texts, cfg)})
-        per_key = frame.group_by("key").agg(pl.col("lead").n_unique())
-        assert per_key["lead"].max() == 1, mask
+        frame = ends(texts, cfg).with_columns(key=fast_near_key(texts, cfg))
+        per_key = frame.group_by("key").agg(pl.col("lead", "tail").n_unique())
+        assert per_key["lead"].max() == 1 and per_key["tail"].max() == 1, mask
+        assert frame["tail"].n_unique() > 5  # the ends tell texts apart
+
+
+def test_kept_rows_is_right_when_every_hash_collides(monkeypatch):
+    """Hashes only pick which rows to compare: with all of them equal, every answer gets a near key
+    and every pair is compared by its text, and the result is the reference's."""
+    from chitchat.data.dedup import kept_rows
+
+    cfg = DedupConfig(max_per_question=2, max_per_first_phrase=3)
+    df = fuzz_table(600, seed=11)
+    want_rows, want_removed, want_capped = reference_dedup(df, cfg)
+    monkeypatch.setattr(pl.Expr, "hash", lambda self, *a, **k: self.is_null().cast(pl.UInt64) * 0)
+    rows, report = kept_rows(df, cfg)
+    assert rows.to_list() == want_rows and report.removed == want_removed
+    assert report.first_phrases_capped == want_capped

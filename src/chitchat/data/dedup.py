@@ -166,25 +166,43 @@ def _case_expr(expr: pl.Expr, cfg: NearKeyConfig) -> pl.Expr:
 
 
 # Characters that polars' regex does not count as letters but whose lower case it does: two capitals
-# newer than its \w tables (U+A7D2, U+A7D4). With casefold on, a lead must not skip them (the
-# tests check this list); with it off they are punctuation like any other non-letter.
+# newer than its \w tables (U+A7D2, U+A7D4). With casefold on, ends must not skip them (the tests
+# check this list); with it off they are punctuation like any other non-letter.
 LEAD_EXTRA = "\ua7d2\ua7d4"
-_LEAD = r"([^\W_])"
-_LEAD_CASEFOLD = r"([^\W_]|[" + "".join(f"\\x{{{ord(c):X}}}" for c in LEAD_EXTRA) + "])"
+_EXTRA_RS = "".join(f"\\x{{{ord(c):X}}}" for c in LEAD_EXTRA)
+_ENDS = {  # casefold -> (first letter or digit, last one)
+    False: (r"([^\W_])", r"([^\W_])[\W_]*$"),
+    True: (rf"([^\W_]|[{_EXTRA_RS}])", rf"([^\W_]|[{_EXTRA_RS}])[[\W_]--[{_EXTRA_RS}]]*$"),
+}
 
 
-def leads(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
-    """The first letter or digit of each text after the enabled case rules (null when none).
+def ends(texts: pl.Series, cfg: NearKeyConfig) -> pl.DataFrame:
+    """The first and the last letter or digit of each text after the enabled case rules (`lead`,
+    `tail`; null when it has none).
 
-    Texts with equal near keys have equal leads, whatever rules are on: the key's letters and
-    digits are the case-ruled text's, in order, with runs cut to their first. So two pairs whose
-    answers lead differently can never merge, and most answers need no near key at all. The case
-    rules go on the one character: lower-casing turns no other character into a letter or digit
-    (LEAD_EXTRA excepted, leads under casefold) and no letter into a non-letter (the tests check
-    every code point), and its only context rule, the final sigma, needs a letter before it.
+    Texts with equal near keys have equal ends, whatever rules are on: the key's letters and digits
+    are the case-ruled text's, in order, with runs cut to their first. So two pairs whose answers
+    end differently can never merge, and most answers need no near key at all. The case rules go on
+    the one character: lower-casing turns no other character into a letter or digit (LEAD_EXTRA
+    excepted, ends under casefold), a letter into text that starts and ends with one (the tests
+    check every code point), and its only context rule, the final sigma (σ or ς by what follows),
+    is undone by reading ς as σ in tails.
     """
-    lead = _LEAD_CASEFOLD if cfg.casefold else _LEAD
-    return _lazy(texts, lambda t: _case_expr(t.str.extract(lead, 1), cfg).str.slice(0, 1))
+    return texts.to_frame("t").lazy().select(**_ends_exprs(pl.col("t"), cfg)).collect()
+
+
+def _ends_exprs(expr: pl.Expr, cfg: NearKeyConfig) -> dict[str, pl.Expr]:
+    lead, tail = _ENDS[cfg.casefold]
+    last = _case_expr(expr.str.extract(tail, 1), cfg).str.slice(-1)
+    if cfg.casefold:
+        last = last.str.replace("ς", "σ", literal=True)
+    return {"lead": _case_expr(expr.str.extract(lead, 1), cfg).str.slice(0, 1), "tail": last}
+
+
+def _ends_hash(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
+    """A 64-bit hash of each text's ends: equal ends hash alike (unequal ones rarely do, which only
+    costs a near key that was not needed)."""
+    return texts.to_frame("t").lazy().select(pl.struct(**_ends_exprs(pl.col("t"), cfg)).hash()).collect().to_series()
 
 
 def first_phrase(expr: pl.Expr) -> pl.Expr:
@@ -227,7 +245,7 @@ def _distinct(df: pl.DataFrame, code: str, text: str) -> tuple[pl.Series, pl.Ser
     """(first, shared) over the pairs (code, text): the first row of each pair value, and the rows
     whose value occurs more than once. The text is grouped by its 64-bit hash; the few rows whose
     hash is shared are compared by the text itself, so a collision never merges different texts."""
-    hashed = df.select(pl.struct(pl.col(code), pl.col(text).hash()).is_duplicated()).to_series()
+    hashed = df.select((pl.col(text).hash() ^ pl.col(code).hash()).is_duplicated()).to_series()
     rows = hashed.arg_true()
     pair = pl.struct(code, text)
     sub = df.select(pl.col(code).gather(rows), pl.col(text).gather(rows)).select(
@@ -256,7 +274,7 @@ def _near_dedup(sub: pl.DataFrame, texts: pl.DataFrame, cfg: DedupConfig, remove
 
 
 def _lead_by_key(near: NearKeyConfig) -> bool:
-    """Whether equal match keys mean equal near keys (and so equal leads): when the near key
+    """Whether equal match keys mean equal near keys (and so equal ends): when the near key
     folds case and ё and drops punctuation and spaces (repeats only merges more)."""
     return near.casefold and near.yo_to_e and near.punctuation and near.whitespace
 
@@ -316,32 +334,28 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
         rows = rows.filter(keep)
     lead_by_key = cfg.answer_equals_question and _lead_by_key(near)
     if near.enabled():
-        # Near keys only for answers that could merge or repeat their question: those whose lead
-        # another answer to the same question key shares, or the question's own lead.
-        rows = rows.with_columns(leads(texts["answer"], near).gather(rows["_row"]).alias("a_lead"))
-        need = rows.select(pl.struct("q_near", "a_lead").is_duplicated()).to_series()
+        # Near keys only for answers that could merge or repeat their question: those whose ends
+        # another answer to the same question key shares, or the question's own ends.
+        rows = rows.with_columns(_ends_hash(texts["answer"], near).gather(rows["_row"]).alias("a_ends"))
+        need = rows.select((pl.col("a_ends") ^ pl.col("q_near").hash()).is_duplicated()).to_series()
         if lead_by_key:
-            need |= rows["a_lead"].eq_missing(leads(questions, near).gather(rows["run"]))
-        sub = rows.filter(need).select("_row", "q_near")
+            need |= rows["a_ends"] == _ends_hash(questions, near).gather(rows["run"])
+        sub = rows.filter(need).select("_row", "run", "q_near")
         sub = sub.with_columns(fast_near_key(texts["answer"].gather(sub["_row"]), near).alias("a_near"))
-        keep = (~need).scatter(need.arg_true(), _near_dedup(sub, texts, cfg, removed))
-        a_near = pl.repeat(None, rows.height, dtype=pl.String, eager=True).scatter(need.arg_true(), sub["a_near"])
-        rows = rows.with_columns(a_near.alias("a_near")).filter(keep).drop("a_lead")
+        keep_sub = _near_dedup(sub, texts, cfg, removed)
+        rows = rows.filter((~need).scatter(need.arg_true(), keep_sub)).drop("a_ends")
+        keyed = sub.filter(keep_sub)  # the kept rows that have a near key
     if cfg.answer_equals_question:
         # Equal match keys mean equal near keys: only rows whose near keys are equal need the match
-        # key of their answer (rows without a near key lead unlike their question).
+        # key of their answer (rows without a near key end unlike their question).
         if lead_by_key:
-            check = rows["a_near"].is_not_null()
-            keyed = rows.filter(check)
-            check = check.scatter(check.arg_true(), keyed["a_near"] == q_near.gather(keyed["run"]))
+            check = keyed.filter(keyed["a_near"] == q_near.gather(keyed["run"]))
         else:
-            check = pl.repeat(True, rows.height, dtype=pl.Boolean, eager=True)
-        sub = rows.filter(check).select("_row", "run")
-        same = _lazy(texts["answer"].gather(sub["_row"]), match_key) == q_match.gather(sub["run"])
-        drop = pl.repeat(False, rows.height, dtype=pl.Boolean, eager=True).scatter(check.arg_true().filter(same), True)
+            check = rows
+        same = _lazy(texts["answer"].gather(check["_row"]), match_key) == q_match.gather(check["run"])
+        drop = rows["_row"].is_in(check["_row"].filter(same).implode())
         removed["answer_equals_question"] = int(drop.sum())
         rows = rows.filter(~drop)
-    rows = rows.drop("a_near", strict=False)
     if cfg.max_per_question > 0:
         over = _over_cap(rows, "q_match", pl.int_range(1, pl.len() + 1), cfg.max_per_question)
         removed["over_max_per_question"] = int(over.sum())
