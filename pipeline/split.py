@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.data.split import SPLITS, SplitConfig, assign_splits
+from chitchat.data.split import SPLITS, SplitConfig, assign_splits, warm_sklearn
 from chitchat.io import atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
@@ -21,6 +21,7 @@ def main(
 ) -> None:
     """Split so that no question appears in two splits."""
     with stage_errors("split"):
+        warm_sklearn()
         cfg = config_from(SplitConfig, section(load_params(params), "split", params), "split")
         df = pl.read_parquet(pairs)
         labels, report = assign_splits(df, cfg, str(pairs))

@@ -6,11 +6,12 @@ validation never scores a question the model was trained on.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from sklearn.model_selection import train_test_split
 
 from chitchat.data.dedup import question_runs
 from chitchat.data.normalize import match_key
@@ -36,8 +37,21 @@ def _strata(categories: pl.Series) -> np.ndarray:
     return frame.to_series().to_numpy()
 
 
+SKLEARN = "sklearn.model_selection"
+
+
+def warm_sklearn() -> threading.Thread:
+    """Import scikit-learn's model selection on a thread: it takes about a second, which the stage
+    spends reading the pairs and computing keys in polars (which releases the GIL) meanwhile.
+    _split's own import then finds the module loaded, or waits for it."""
+    thread = threading.Thread(target=importlib.import_module, args=(SKLEARN,), name="chitchat-import", daemon=True)
+    thread.start()
+    return thread
+
+
 def _split(keys: np.ndarray, categories: pl.Series, n_out: int, seed: int, stratify: bool):
     """Split keys into (kept, taken) with `n_out` taken; stratified when the counts allow."""
+    train_test_split = importlib.import_module(SKLEARN).train_test_split
     strata = _strata(categories)
     if stratify and len(np.unique(strata)) > 1:  # one stratum would only pretend to stratify
         try:
@@ -59,7 +73,7 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
     if cfg.valid_fraction + cfg.test_fraction >= 1:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
     first, run = question_runs(df)
-    runs = df.filter(first).select(match_key(pl.col("question")).alias("key"), "category")
+    runs = df.filter(first).lazy().select(match_key(pl.col("question")).alias("key"), "category").collect()
     # group number of each run: its key's rank by first appearance
     runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))
     runs = runs.with_columns(pl.col("g").first().over("key") - 1)
