@@ -7,7 +7,7 @@ import polars as pl
 import typer
 
 from chitchat.data.dedup import KEY_COLUMNS, dedup_config, kept_rows
-from chitchat.io import atomic_path, load_params, section, write_json
+from chitchat.io import PARQUET, atomic_path, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -29,7 +29,7 @@ def main(
         with atomic_path(out) as tmp:
             (pl.scan_parquet(pairs).with_row_index("_row").join(rows.to_frame("_row").lazy(), on="_row",
                                                                  how="semi", maintain_order="left")
-             .drop("_row").sink_parquet(tmp))
+             .drop("_row").sink_parquet(tmp, **PARQUET))
         write_json(metrics, report.as_dict())
         counts = ", ".join(f"{rule} {n}" for rule, n in report.removed.items() if n)
         typer.echo(f"dedup: {report.pairs_in} -> {report.pairs_out} pairs ({counts or 'nothing removed'})", err=True)

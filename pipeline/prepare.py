@@ -19,7 +19,7 @@ from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.readers import PARSE_WORKERS
 from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_chunks, parse_inputs
 from chitchat.errors import InputError
-from chitchat.io import atomic_path, config_from, load_params, section, write_json
+from chitchat.io import PARQUET, atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -69,7 +69,7 @@ def sink_interruptibly(source: pl.LazyFrame, path: Path, stop: threading.Event) 
 
     def run() -> None:
         try:
-            source.sink_parquet(path)
+            source.sink_parquet(path, **PARQUET)
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             failure.append(exc)
 

@@ -372,13 +372,17 @@ def _reference_reason(cfg) -> pl.Expr:
     return expr.otherwise(pl.lit(None, dtype=pl.String))
 
 
-@pytest.mark.parametrize("words", [(1, 3, 1, 4), (2, 0, 3, 6), (0, 5, 1, 0)])
-def test_word_filters_count_only_where_needed_yet_agree_with_counting_everywhere(words):
+@pytest.mark.parametrize("regex_words", [1000, 2])  # 2: the larger bounds count with count_matches
+@pytest.mark.parametrize("words", [(1, 3, 1, 4), (2, 0, 3, 6), (0, 5, 1, 0), (4, 9, 5, 12)])
+def test_word_filters_count_only_where_needed_yet_agree_with_counting_everywhere(words, regex_words, monkeypatch):
+    import chitchat.data.filters as filters
     from chitchat.data.filters import FilterConfig, drop_reason
+
+    monkeypatch.setattr(filters, "REGEX_WORDS", regex_words)
 
     rng = random.Random(2)
     pieces = ["а", "слово", "x", " ", "  ", "\t", "\u3000", "\x1c", "\n", "https://x.ru", "!"]
-    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 14))) for _ in range(4000)]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(4000)]
     df = pl.DataFrame({"question": texts, "answer": texts[::-1]})
     cfg = FilterConfig(min_question_words=words[0], max_question_words=words[1], min_answer_words=words[2],
                        max_answer_words=words[3], min_question_chars=0, min_answer_chars=0)

@@ -20,6 +20,12 @@ import yaml
 from chitchat.errors import InputError
 
 
+# How the data stages write their tables: zstd at its fastest level. The tables are written once per
+# stage run and read a few times; level 1 costs some 15% in size against the default (3) and saves
+# about a fifth of the write time on a million-question dump.
+PARQUET = {"compression": "zstd", "compression_level": 1}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""

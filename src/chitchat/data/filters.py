@@ -6,6 +6,7 @@ dropped, so the metrics say exactly why every dropped pair went.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -41,21 +42,30 @@ def _bounds(rules: list, column: str, measure: pl.Expr, lo: int, hi: int, unit: 
         rules.append((measure > hi, f"{column}_too_long_{unit}"))
 
 
-def _word_bounds(rules: list, column: str, text: pl.Expr, lo: int, hi: int) -> None:
-    """_bounds on the word count, counting words only where the answer could depend on it.
+REGEX_WORDS = 1000  # up to this many words a bounded regex counts them; beyond, count_matches does
 
-    Counting is the dearest filter on millions of pairs. Fewer than 1 word means no non-space
-    character; more than `hi` words take at least 2 * hi + 1 characters, so shorter rows count as "".
+
+def more_words_than(text: pl.Expr, n: int) -> pl.Expr:
+    """Whether `text` has more than `n` whitespace-separated words.
+
+    Counting is the dearest filter on millions of pairs: a regex that needs n words and the start
+    of one more stops at that point (or at the first character, for n = 0), and scans once.
     """
-    few = ~text.str.contains(r"\S") if lo == 1 else word_count(text) < lo
-    rules.append((few, f"{column}_too_short_words"))
+    if n > REGEX_WORDS:
+        return word_count(text) > n
+    return text.str.contains(rf"^\s*(?:\S+\s+){{{n}}}\S")
+
+
+def _word_bounds(rules: list, column: str, text: pl.Expr, lo: int, hi: int) -> None:
+    """_bounds on the word count."""
+    if lo > 0:
+        rules.append((~more_words_than(text, lo - 1), f"{column}_too_short_words"))
     if hi > 0:
-        long_enough = pl.when(text.str.len_chars() > 2 * hi).then(text).otherwise(pl.lit(""))
-        rules.append((word_count(long_enough) > hi, f"{column}_too_long_words"))
+        rules.append((more_words_than(text, hi), f"{column}_too_long_words"))
 
 
-def drop_reason(cfg: FilterConfig) -> pl.Expr:
-    """A string expression: the first filter a row fails, or null when it passes them all.
+def _rules(cfg: FilterConfig) -> list[tuple[pl.Expr, str]]:
+    """(condition, reason) per enabled filter, in the order a row's reason is chosen.
 
     Paragraphs of `text` inputs (question = TEXT_MARKER + paragraph) skip the question and answer
     bounds, which are for chit-chat, and get the text bounds instead.
@@ -78,21 +88,28 @@ def drop_reason(cfg: FilterConfig) -> pl.Expr:
     rules += [(~text & cond, reason) for cond, reason in chat] + [(text & cond, reason) for cond, reason in prose]
     if cfg.categories:
         rules.append((~pl.col("category").is_in(cfg.categories), "category_not_allowed"))
-    expr = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))
-    for cond, reason in rules[1:]:
-        expr = expr.when(cond).then(pl.lit(reason))
-    return expr.otherwise(pl.lit(None, dtype=pl.String)).alias("drop_reason")
+    return rules
+
+
+def _drop_code(rules: list[tuple[pl.Expr, str]]) -> pl.Expr:
+    """The index of the first rule a row fails, or null: the least index among the failed ones
+    (integers, which are much cheaper to combine than a when/then chain of strings)."""
+    return pl.min_horizontal(pl.when(cond).then(pl.lit(i, dtype=pl.UInt8)) for i, (cond, _) in enumerate(rules))
+
+
+def drop_reason(cfg: FilterConfig) -> pl.Expr:
+    """A string expression: the first filter a row fails, or null when it passes them all."""
+    rules = _rules(cfg)
+    names = pl.Series([reason for _, reason in rules], dtype=pl.String)
+    return pl.lit(names).gather(_drop_code(rules)).alias("drop_reason")
 
 
 def apply_filters(df: pl.DataFrame, cfg: FilterConfig) -> tuple[pl.DataFrame, dict[str, int]]:
     """Drop failing pairs; return the kept pairs and the number dropped per reason."""
-    tagged = df.with_columns(drop_reason(cfg))
-    counts = (
-        tagged.filter(pl.col("drop_reason").is_not_null())
-        .group_by("drop_reason")
-        .len()
-        .sort("drop_reason")
-    )
-    dropped = dict(zip(counts["drop_reason"].to_list(), counts["len"].to_list()))
-    kept = tagged.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
-    return kept, dropped
+    rules = _rules(cfg)
+    code = df.select(_drop_code(rules)).to_series()
+    failed = code.drop_nulls()
+    dropped: Counter = Counter()
+    for i, n in (failed.value_counts().iter_rows() if failed.len() else []):
+        dropped[rules[i][1]] += n
+    return df.filter(code.is_null()), dict(sorted(dropped.items()))
