@@ -73,7 +73,8 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
     if cfg.valid_fraction + cfg.test_fraction >= 1:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
     first, run = question_runs(df)
-    runs = df.filter(first).lazy().select(match_key(pl.col("question")).alias("key"), "category").collect()
+    runs = df.lazy().select("question", "category").filter(first).select(
+        match_key(pl.col("question")).alias("key"), "category").collect()
     # group number of each run: its key's rank by first appearance
     runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))
     runs = runs.with_columns(pl.col("g").first().over("key") - 1)
