@@ -1,12 +1,13 @@
 """Stage dedup: drop exact and near duplicates, answers that repeat the question; cap per question
-and per first phrase."""
+and per first phrase. The kept pairs get a `group` column: pairs whose questions share the match key
+share it, and split assigns whole groups."""
 
 from pathlib import Path
 
 import polars as pl
 import typer
 
-from chitchat.data.dedup import KEY_COLUMNS, dedup_config, kept_rows
+from chitchat.data.dedup import GROUP, KEY_COLUMNS, dedup_config, kept_rows
 from chitchat.io import PARQUET, atomic_path, load_params, section, write_json
 from chitchat.stage import stage_errors
 
@@ -25,10 +26,10 @@ def main(
         cfg = dedup_config(section(load_params(params), "dedup", params))
         # the rules read three columns; the rest streams from the input to the output file
         columns = [c for c in KEY_COLUMNS if c in pl.read_parquet_schema(pairs)]
-        rows, report = kept_rows(pl.read_parquet(pairs, columns=columns), cfg)
-        with atomic_path(out) as tmp:
-            (pl.scan_parquet(pairs).with_row_index("_row").join(rows.to_frame("_row").lazy(), on="_row",
-                                                                 how="semi", maintain_order="left")
+        kept, report = kept_rows(pl.read_parquet(pairs, columns=columns), cfg)
+        with atomic_path(out) as tmp:  # the kept rows with their question group, which split reads
+            (pl.scan_parquet(pairs).drop(GROUP, strict=False).with_row_index("_row")
+             .join(kept.lazy(), on="_row", how="inner", maintain_order="left")
              .drop("_row").sink_parquet(tmp, **PARQUET))
         write_json(metrics, report.as_dict())
         counts = ", ".join(f"{rule} {n}" for rule, n in report.removed.items() if n)

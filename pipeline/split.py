@@ -5,6 +5,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
+from chitchat.data.dedup import GROUP
 from chitchat.data.split import SPLITS, SplitConfig, assign_splits, warm_sklearn
 from chitchat.io import PARQUET, atomic_path, config_from, load_params, section, write_json
 from chitchat.stage import stage_errors
@@ -27,7 +28,7 @@ def main(
         labels, report = assign_splits(df, cfg, str(pairs))
         for name in SPLITS:  # one split's frame at a time: memory stays near the input's size
             with atomic_path(out_dir / f"{name}.parquet") as tmp:
-                df.filter(labels == name).write_parquet(tmp, **PARQUET)
+                df.filter(labels == name).drop(GROUP, strict=False).write_parquet(tmp, **PARQUET)
         write_json(metrics, report)
         typer.echo(f"split: {report['pairs']}", err=True)
 

@@ -294,9 +294,9 @@ def test_kept_rows_reads_only_the_key_columns_and_keeps_the_rest_aligned():
     from chitchat.data.dedup import kept_rows
 
     df = near_table().with_columns(pl.Series("extra", [[str(i)] for i in range(10)]))
-    rows, report = kept_rows(df, DedupConfig())
+    kept, report = kept_rows(df, DedupConfig())
     out, _ = dedup_pairs(df, DedupConfig())
-    assert rows.to_list() == list(range(5)) and out["extra"].to_list() == [[str(i)] for i in range(5)]
+    assert kept["_row"].to_list() == list(range(5)) and out["extra"].to_list() == [[str(i)] for i in range(5)]
     assert report.pairs_out == 5
 
 
@@ -384,9 +384,16 @@ def test_kept_rows_equals_the_rules_applied_row_by_row(seed, near_mask, exact, a
     cfg = DedupConfig(exact=exact, answer_equals_question=aeq, max_per_question=per_q, max_per_first_phrase=per_phrase,
                       near=NearKeyConfig(**{r: bool(near_mask >> i & 1) for i, r in enumerate(NEAR_RULES)}))
     df = fuzz_table(seed=seed)
-    rows, report = kept_rows(df, cfg)
+    kept, report = kept_rows(df, cfg)
     want_rows, want_removed, want_capped = reference_dedup(df, cfg)
-    assert rows.to_list() == want_rows
+    assert kept["_row"].to_list() == want_rows
+    from chitchat.data.normalize import match_key  # group: the first row whose question has the match key
+
+    keys = df.select(match_key(pl.col("question"))).to_series().to_list()
+    first_row = {}
+    for row, key in enumerate(keys):
+        first_row.setdefault(key, row)
+    assert kept["group"].to_list() == [first_row[keys[r]] for r in want_rows]
     assert report.removed == want_removed and report.first_phrases_capped == want_capped
     assert sum(want_removed.values()) > 0
 
@@ -431,6 +438,6 @@ def test_kept_rows_is_right_when_every_hash_collides(monkeypatch):
     df = fuzz_table(600, seed=11)
     want_rows, want_removed, want_capped = reference_dedup(df, cfg)
     monkeypatch.setattr(pl.Expr, "hash", lambda self, *a, **k: self.is_null().cast(pl.UInt64) * 0)
-    rows, report = kept_rows(df, cfg)
-    assert rows.to_list() == want_rows and report.removed == want_removed
+    kept, report = kept_rows(df, cfg)
+    assert kept["_row"].to_list() == want_rows and report.removed == want_removed
     assert report.first_phrases_capped == want_capped

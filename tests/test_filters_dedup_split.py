@@ -91,6 +91,25 @@ def test_split_no_question_in_two_splits_and_stratified():
     assert sorted(per_category["question"].to_list()) == [5, 5, 5, 5]  # 50 questions per category, 10%
 
 
+def test_split_by_dedups_group_column_equals_split_by_the_match_key():
+    """The pipeline's split reads the `group` dedup writes instead of computing the key again:
+    the same labels, and the column does not reach the split files."""
+    from chitchat.data.dedup import DedupConfig, dedup_pairs, kept_rows
+    from chitchat.data.split import assign_splits
+
+    df = many_pairs(300).with_row_index("qid")
+    kept, _ = kept_rows(df, DedupConfig())
+    deduped, _ = dedup_pairs(df, DedupConfig())
+    grouped = deduped.with_columns(kept["group"])
+    assert grouped["group"].n_unique() == 300  # the re-asked «вопрос НОМЕР i» joins question i
+    for seed in (1, 2, 3):
+        by_key, report_key = assign_splits(deduped, SplitConfig(seed=seed))
+        by_group, report_group = assign_splits(grouped, SplitConfig(seed=seed))
+        assert by_key.equals(by_group) and report_key == report_group
+    frames, _ = split_pairs(grouped, SplitConfig())
+    assert all("group" not in f.columns for f in frames.values())
+
+
 def test_split_is_seeded():
     df = many_pairs()
     a, _ = split_pairs(df, SplitConfig(seed=1))

@@ -291,11 +291,14 @@ def _over_cap(rows: pl.DataFrame, group: str, rank: pl.Expr, cap: int) -> pl.Ser
 
 
 KEY_COLUMNS = ("qid", "question", "answer")  # all the rules read: the rest of a row rides along
+# The column dedup adds: pairs whose questions share the match key (case, ё, punctuation; the key
+# split groups by) share it; its value is the row, in dedup's input, of the first such pair.
+GROUP = "group"
 
 
-def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupReport]:
+def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:
     """Apply the enabled rules in order to the key columns of `df` (the others are not read);
-    return the row numbers kept, ascending, and the report.
+    return the kept rows, ascending (`_row`, and their question GROUP), and the report.
 
     The per-first-phrase cap needs a `qid` column (one id per question record: a QA question with
     all its answers, or one dialogue turn pair).
@@ -314,8 +317,9 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
     lowered = _lazy(questions, lower_yo)  # shared by the match key and (usually) the near key
     q_match = _lazy(lowered, lambda t: match_key(t, lowered=True))
     rows = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), *(["qid"] if "qid" in df.columns else []))
+    starts = first.arg_true()  # the row of each run's first pair
     rows = rows.with_columns(run.alias("run"), _codes(questions).gather(run).alias("q_text"),
-                             _codes(q_match).gather(run).alias("q_match"))
+                             starts.gather(_codes(q_match)).gather(run).alias("q_match"))
     q_near = questions  # near_key with no rule on
     if near.enabled():
         q_near = (fast_near_key(lowered, near, cased=True) if near.casefold and near.yo_to_e
@@ -326,7 +330,7 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
         other = (phrases != questions).arg_true()
         phrase_keys = q_near.clone().scatter(other, fast_near_key(phrases.gather(other), near))
         rows = rows.with_columns(_codes(phrase_keys).gather(run).alias("phrase"))
-    del lowered, first
+    del lowered, first, starts
 
     if cfg.exact:
         keep = _distinct(rows.select("q_text").with_columns(texts["answer"]), "q_text", "answer")[0]
@@ -366,10 +370,11 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.Series, DedupRepor
         removed["over_max_per_first_phrase"] = int(over.sum())
         rows = rows.filter(~over)
 
-    return rows["_row"], DedupReport(pairs_in, rows.height, removed, capped)
+    kept = rows.select("_row", pl.col("q_match").alias(GROUP))
+    return kept, DedupReport(pairs_in, rows.height, removed, capped)
 
 
 def dedup_pairs(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:
     """The rows of `df` that kept_rows keeps, in their original order, and the report."""
-    rows, report = kept_rows(df, cfg)
-    return df.gather(rows), report
+    kept, report = kept_rows(df, cfg)
+    return df.gather(kept["_row"]), report

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from chitchat.data.dedup import question_runs
+from chitchat.data.dedup import GROUP, question_runs
 from chitchat.data.normalize import match_key
 from chitchat.errors import InputError
 
@@ -66,15 +66,18 @@ def _split(keys: np.ndarray, categories: pl.Series, n_out: int, seed: int, strat
 def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> tuple[pl.Series, dict]:
     """The split of every row (a pl.Enum of SPLITS) and the report; reads `question` and `category`.
 
-    Question groups are numbered in order of first appearance and split by number; the match key is
-    computed once per run of equal questions (the answers of one record are adjacent)."""
+    Question groups are numbered in order of first appearance and split by number. The group of a
+    pair is dedup's `group` column where the table has one, else the match key of its question,
+    computed once per run of equal questions (the answers of one record are adjacent): the same
+    grouping either way."""
     if not 0 < cfg.valid_fraction < 1 or not 0 < cfg.test_fraction < 1:
         raise InputError(source, "split fractions must lie strictly between 0 and 1")
     if cfg.valid_fraction + cfg.test_fraction >= 1:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
     first, run = question_runs(df)
-    runs = df.lazy().select("question", "category").filter(first).select(
-        match_key(pl.col("question")).alias("key"), "category").collect()
+    key = pl.col(GROUP) if GROUP in df.columns else match_key(pl.col("question"))  # dedup's, or computed
+    runs = df.lazy().select(GROUP if GROUP in df.columns else "question", "category").filter(first).select(
+        key.alias("key"), "category").collect()
     # group number of each run: its key's rank by first appearance
     runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))
     runs = runs.with_columns(pl.col("g").first().over("key") - 1)
@@ -108,4 +111,4 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
 def split_pairs(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs"):
     """Return ({split: frame}, report dict)."""
     labels, report = assign_splits(df, cfg, source)
-    return {name: df.filter(labels == name) for name in SPLITS}, report
+    return {name: df.filter(labels == name).drop(GROUP, strict=False) for name in SPLITS}, report
