@@ -441,3 +441,11 @@ def test_kept_rows_is_right_when_every_hash_collides(monkeypatch):
     kept, report = kept_rows(df, cfg)
     assert kept["_row"].to_list() == want_rows and report.removed == want_removed
     assert report.first_phrases_capped == want_capped
+
+
+def test_a_first_phrase_shorter_than_its_text_has_a_sentence_end_before_a_space():
+    """What lets dedup take first phrases only of questions with `[.!?…]` before a space."""
+    texts = pl.concat([fuzz_texts(5000, seed=9), pl.Series(["Да!!", "Ну… да", "a.b", "Что?!\tДа", "x...", "Ок.\n"])])
+    frame = texts.to_frame("t").select(pl.col("t"), first_phrase(pl.col("t")).alias("p"))
+    shorter = frame.filter(pl.col("p") != pl.col("t"))
+    assert shorter.height > 100 and shorter["t"].str.contains(r"[.!?…]\s").all()

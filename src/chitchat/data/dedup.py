@@ -326,9 +326,12 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupRe
                   else fast_near_key(questions, near))
         rows = rows.with_columns(_codes(q_near).gather(run).alias("q_near"))
     if cfg.max_per_first_phrase > 0:  # most first phrases are the whole question: its key is known
-        phrases = _lazy(questions, first_phrase)
-        other = (phrases != questions).arg_true()
-        phrase_keys = q_near.clone().scatter(other, fast_near_key(phrases.gather(other), near))
+        # a phrase shorter than its question ends in a sentence end that a space follows
+        rows_in = _lazy(questions, lambda t: t.str.contains(r"[.!?…]\s")).arg_true()
+        asked = questions.gather(rows_in)
+        phrases = _lazy(asked, first_phrase)
+        shorter = phrases != asked
+        phrase_keys = q_near.clone().scatter(rows_in.filter(shorter), fast_near_key(phrases.filter(shorter), near))
         rows = rows.with_columns(_codes(phrase_keys).gather(run).alias("phrase"))
     del lowered, first, starts
 
