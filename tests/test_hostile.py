@@ -223,6 +223,15 @@ def _bad_crc_zip(p):
     return p / "qa.jsonl.zip"
 
 
+def _garbled_zip(p):
+    """The deflated data starts with bytes that are no deflate block: the inflater fails."""
+    data = bytearray(write_bytes(p / "qa.jsonl.zip", (GOOD_LINE + "\n").encode() * 3000).read_bytes())
+    start = 30 + int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+    data[start: start + 8] = b"\xff" * 8  # block type 3 does not exist
+    (p / "qa.jsonl.zip").write_bytes(bytes(data))
+    return p / "qa.jsonl.zip"
+
+
 def _truncated_gz(p):
     path = write_bytes(p / "qa.jsonl.gz", (GOOD_LINE + "\n").encode() * 3000)
     path.write_bytes(path.read_bytes()[:-100])
@@ -243,6 +252,7 @@ def _blank_lines_only(p):
     (_zip_without_jsonl, "archive has no .jsonl member (members: notes.txt)"),
     (_corrupt_zip, "not a valid zip archive"),
     (_bad_crc_zip, "corrupt zip member (Bad CRC-32"),
+    (_garbled_zip, "compressed stream is truncated or corrupt after line 0"),
     (_truncated_gz, "compressed stream is truncated or corrupt after line"),
     (_empty, "file is empty"),
     (_blank_lines_only, "file has no records (only blank lines)"),

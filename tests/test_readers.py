@@ -153,3 +153,29 @@ def test_chunks_parsed_on_several_threads_give_the_same_table_and_reports(tmp_pa
     assert one["qid"].n_unique() == reports_one["qa"].records_ok + reports_one["pairs"].records_ok
     assert reports_one["qa"].skipped_lines["malformed_json"] == [2, 8, 12, 18, 22]  # NUL removed, "{bad" too
     assert reports_one["pairs"].skipped["no_tab"] == 86
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_zip_members_read_alike_whatever_their_compression(tmp_path, method, monkeypatch):
+    """Deflated members go through ISA-L, the others through zipfile: the same lines either way,
+    read in many small blocks (a block ends inside the deflated data, and inside a line)."""
+    import chitchat.data.readers as readers
+    from chitchat.data.readers import iter_line_chunks, iter_lines
+
+    lines = [json.dumps({"question": f"вопрос {i}", "responses": [f"ответ {i * 7919 % 1000}"] * (i % 4 + 1)},
+                        ensure_ascii=False) for i in range(5000)]
+    path = tmp_path / "qa.jsonl.zip"
+    with zipfile.ZipFile(path, "w", method) as z:
+        z.writestr("a.jsonl", "\n".join(lines[:3000]) + "\n")
+        z.writestr("b.jsonl", "\n".join(lines[3000:]))  # no line end at the end
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 4099)
+    read = [line for chunk in iter_line_chunks(path) for line in chunk.lines.to_list()]
+    assert read == lines
+    assert [raw.decode() for _, raw in iter_lines(path)] == lines
+    with zipfile.ZipFile(path) as z:
+        want = z.read("a.jsonl")
+        with readers.open_zip_member(z, path, "a.jsonl") as member:  # all at once
+            assert member.read() == want
+        for size in (1, 8192, 1 << 20):  # small reads drain what the inflater holds back
+            with readers.open_zip_member(z, path, "a.jsonl") as member:
+                assert b"".join(iter(lambda: member.read(size), b"")) == want

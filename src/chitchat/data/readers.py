@@ -19,6 +19,7 @@ with line numbers running on through them (`members` in the report gives each on
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import lzma
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 import polars as pl
+from isal import igzip, isal_zlib
 
 from chitchat.errors import InputError
 
@@ -153,6 +155,64 @@ def _members(path: Path, names: list[str], suffixes: tuple[str, ...]) -> list[st
     return members
 
 
+class _Inflate(io.RawIOBase):
+    """A deflated zip member inflated by ISA-L (twice zlib's speed or more: the reader thread is
+    the one part of prepare that cannot be spread over cores), with zipfile's checks: data that
+    ends early is an EOFError, a CRC-32 that does not match a BadZipFile."""
+
+    def __init__(self, raw: IO[bytes], size: int, crc: int) -> None:
+        self._raw, self._left, self._want = raw, size, crc
+        self._inflate, self._crc = isal_zlib.decompressobj(-15), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def readall(self) -> bytes:
+        """The rest of the member, inflated 16 MB at a time (RawIOBase's would go 8 KB at a time)."""
+        parts, view = [], memoryview(bytearray(1 << 24))
+        while n := self.readinto(view):
+            parts.append(view[:n].tobytes())
+        return b"".join(parts)
+
+    def readinto(self, buffer) -> int:
+        while not self._inflate.eof:
+            data = self._inflate.unconsumed_tail
+            if not data and self._left > 0:
+                data = self._raw.read(min(self._left, 1 << 22))
+                if not data:  # the file is shorter than its directory says
+                    raise EOFError("zip member ends before its deflated data does")
+                self._left -= len(data)
+            out = self._inflate.decompress(data, len(buffer))  # b"" drains output held back
+            if out:
+                self._crc = isal_zlib.crc32(out, self._crc)
+                buffer[: len(out)] = out
+                return len(out)
+            if not data:
+                raise EOFError("zip member ends before its deflated data does")
+        if self._crc != self._want:
+            raise zipfile.BadZipFile("Bad CRC-32")
+        return 0
+
+
+def open_zip_member(archive: zipfile.ZipFile, path: Path, name: str) -> IO[bytes]:
+    """A deflated member through _Inflate, any other (stored, bzip2, lzma) through zipfile."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:  # encrypted: zipfile says so
+        return archive.open(name)
+    raw = open(path, "rb")
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raw.close()
+        raise zipfile.BadZipFile(f"bad local header of {name}")
+    raw.seek(int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little"), os.SEEK_CUR)
+    return io.BufferedReader(_Inflate(raw, info.compress_size, info.CRC), 1 << 20)
+
+
 def _zip_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
     try:
         archive = zipfile.ZipFile(path)
@@ -160,7 +220,7 @@ def _zip_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO
         raise InputError(path, "not a valid zip archive (corrupt or truncated)") from None
     with archive:
         for name in _members(path, archive.namelist(), suffixes):
-            with archive.open(name) as handle:
+            with open_zip_member(archive, path, name) as handle:
                 yield name, handle
 
 
@@ -191,7 +251,7 @@ def _raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, I
     elif name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")):
         yield from _tar_stream(path, suffixes)
     elif name.endswith(".gz"):
-        with gzip.open(path, "rb") as handle:
+        with igzip.open(path, "rb") as handle:  # ISA-L: gzip's format and errors, faster
             yield "", handle
     elif name.endswith(".xz"):
         with lzma.open(path, "rb") as handle:
@@ -210,7 +270,7 @@ def _stream_errors(path: Path, line_no: int, exc: BaseException) -> InputError:
     return InputError(path, f"compressed stream is truncated or corrupt after line {line_no}")
 
 
-_STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile, OSError)
+_STREAM_ERRORS = (EOFError, zlib.error, isal_zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile, OSError)
 
 
 def iter_lines(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",)) -> Iterator[tuple[int, bytes]]:
