@@ -273,7 +273,7 @@ def _near_dedup(sub: pl.DataFrame, texts: pl.DataFrame, cfg: DedupConfig, remove
     return keep
 
 
-def _lead_by_key(near: NearKeyConfig) -> bool:
+def _match_implies_near(near: NearKeyConfig) -> bool:
     """Whether equal match keys mean equal near keys (and so equal ends): when the near key
     folds case and ё and drops punctuation and spaces (repeats only merges more)."""
     return near.casefold and near.yo_to_e and near.punctuation and near.whitespace
@@ -339,13 +339,13 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupRe
         keep = _distinct(rows.select("q_text").with_columns(texts["answer"]), "q_text", "answer")[0]
         removed["exact_duplicate"] = rows.height - int(keep.sum())
         rows = rows.filter(keep)
-    lead_by_key = cfg.answer_equals_question and _lead_by_key(near)
+    match_implies_near = cfg.answer_equals_question and _match_implies_near(near)
     if near.enabled():
         # Near keys only for answers that could merge or repeat their question: those whose ends
         # another answer to the same question key shares, or the question's own ends.
         rows = rows.with_columns(_ends_hash(texts["answer"], near).gather(rows["_row"]).alias("a_ends"))
         need = rows.select((pl.col("a_ends") ^ pl.col("q_near").hash()).is_duplicated()).to_series()
-        if lead_by_key:
+        if match_implies_near:
             need |= rows["a_ends"] == _ends_hash(questions, near).gather(rows["run"])
         sub = rows.filter(need).select("_row", "run", "q_near")
         sub = sub.with_columns(fast_near_key(texts["answer"].gather(sub["_row"]), near).alias("a_near"))
@@ -355,7 +355,7 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupRe
     if cfg.answer_equals_question:
         # Equal match keys mean equal near keys: only rows whose near keys are equal need the match
         # key of their answer (rows without a near key end unlike their question).
-        if lead_by_key:
+        if match_implies_near:
             check = keyed.filter(keyed["a_near"] == q_near.gather(keyed["run"]))
         else:
             check = rows
