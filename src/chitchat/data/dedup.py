@@ -136,7 +136,8 @@ CASE_RULES = ("casefold", "yo_to_e")  # the rules that come first and change let
 
 
 def _lazy(texts: pl.Series, expr_of: Callable[[pl.Expr], pl.Expr]) -> pl.Series:
-    """expr_of(column) over `texts`, in a lazy frame so that polars runs it on every core."""
+    """expr_of(column) over `texts`, in a lazy frame (where polars runs some string kernels, the
+    lower-casing among them, on every core)."""
     return texts.to_frame("t").lazy().select(expr_of(pl.col("t"))).collect().to_series()
 
 
@@ -202,7 +203,7 @@ def _ends_exprs(expr: pl.Expr, cfg: NearKeyConfig) -> dict[str, pl.Expr]:
 def _ends_hash(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
     """A 64-bit hash of each text's ends: equal ends hash alike (unequal ones rarely do, which only
     costs a near key that was not needed)."""
-    return texts.to_frame("t").lazy().select(pl.struct(**_ends_exprs(pl.col("t"), cfg)).hash()).collect().to_series()
+    return _lazy(texts, lambda t: pl.struct(**_ends_exprs(t, cfg)).hash())
 
 
 def first_phrase(expr: pl.Expr) -> pl.Expr:

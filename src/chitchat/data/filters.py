@@ -110,6 +110,6 @@ def apply_filters(df: pl.DataFrame, cfg: FilterConfig) -> tuple[pl.DataFrame, di
     code = df.select(_drop_code(rules)).to_series()
     failed = code.drop_nulls()
     dropped: Counter = Counter()
-    for i, n in (failed.value_counts().iter_rows() if failed.len() else []):
+    for i, n in failed.value_counts().iter_rows():
         dropped[rules[i][1]] += n
     return df.filter(code.is_null()), dict(sorted(dropped.items()))

@@ -181,10 +181,8 @@ class _Inflate(io.RawIOBase):
     def readinto(self, buffer) -> int:
         while not self._inflate.eof:
             data = self._inflate.unconsumed_tail
-            if not data and self._left > 0:
+            if not data and self._left > 0:  # b"" when the file is shorter than its directory says
                 data = self._raw.read(min(self._left, 1 << 22))
-                if not data:  # the file is shorter than its directory says
-                    raise EOFError("zip member ends before its deflated data does")
                 self._left -= len(data)
             out = self._inflate.decompress(data, len(buffer))  # b"" drains output held back
             if out:

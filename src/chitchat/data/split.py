@@ -76,8 +76,7 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
     first, run = question_runs(df)
     key = pl.col(GROUP) if GROUP in df.columns else match_key(pl.col("question"))  # dedup's, or computed
-    runs = df.lazy().select(GROUP if GROUP in df.columns else "question", "category").filter(first).select(
-        key.alias("key"), "category").collect()
+    runs = df.lazy().filter(first).select(key.alias("key"), "category").collect()  # reads only these columns
     # group number of each run: its key's rank by first appearance
     runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))
     runs = runs.with_columns(pl.col("g").first().over("key") - 1)
