@@ -265,6 +265,20 @@ def test_fast_near_key_equals_the_rules_applied_one_by_one(mask):
     assert fast_near_key(texts, cfg).to_list() == near_key(texts, cfg).to_list()
 
 
+@pytest.mark.parametrize("repeats", [True, False])
+def test_fast_near_key_from_the_match_keys_spaced_text_equals_the_rules(repeats):
+    """dedup keys questions from the text the match key is built on (lower_yo, then spaced_words)."""
+    from chitchat.data.dedup import fast_near_key
+    from chitchat.data.normalize import lower_yo, spaced_words
+
+    cfg = NearKeyConfig(repeats=repeats)
+    texts = fuzz_texts(seed=2)
+    spaced = texts.to_frame("t").select(spaced_words(lower_yo(pl.col("t")))).to_series()
+    assert fast_near_key(spaced, cfg, spaced=True).to_list() == near_key(texts, cfg).to_list()
+    with pytest.raises(ValueError, match="punctuation and whitespace"):
+        fast_near_key(spaced, NearKeyConfig(whitespace=False), spaced=True)
+
+
 def test_fast_near_key_in_chunks_equals_one_pass(monkeypatch):
     import chitchat.data.dedup as dedup
 
@@ -416,7 +430,7 @@ def test_lower_casing_makes_no_letter_but_the_listed_ones_and_unmakes_none():
 
 
 def test_ends_of_texts_with_equal_keys_are_equal():
-    from chitchat.data.dedup import ends, fast_near_key
+    from chitchat.data.dedup import _ends_hash, ends, fast_near_key
 
     odd = ["\ua7d2x", "\ua7d3X", "x\ua7d2", "xꟓ!", "...\ua7d4", "\ua7d5", "İ", "i̇", "!Σ", "σ", "ΑΣ", "ας", "ασ!",
            "ΑΣ Β", "ας β", "aİ", "ai̇", "Ёж", "ЕЖ", "ёЁ"]
@@ -427,6 +441,10 @@ def test_ends_of_texts_with_equal_keys_are_equal():
         per_key = frame.group_by("key").agg(pl.col("lead", "tail").n_unique())
         assert per_key["lead"].max() == 1 and per_key["tail"].max() == 1, mask
         assert frame["tail"].n_unique() > 5  # the ends tell texts apart
+        # the hash dedup groups by (case rules on the distinct characters only) parts texts as the ends do
+        frame = frame.with_columns(hash=_ends_hash(texts, cfg), ends=pl.struct("lead", "tail").rank("dense"))
+        assert frame.group_by("ends").agg(pl.col("hash").n_unique())["hash"].max() == 1, mask
+        assert frame["hash"].n_unique() == frame["ends"].n_unique(), mask
 
 
 def test_kept_rows_is_right_when_every_hash_collides(monkeypatch):

@@ -49,6 +49,26 @@ def test_match_key_folds_case_yo_punctuation():
     assert keys[0] == keys[1] == "елка как дела"
 
 
+def test_match_key_one_pass_equals_the_rules_step_by_step():
+    """match_key replaces each run of non-word characters by one space in a single pass; that must
+    equal the rules applied one at a time, on text with every kind of character the rules treat
+    apart (Unicode spaces, the zero-width ones, underscores, emoji, combining marks, digits)."""
+    import random
+
+    from chitchat.data.normalize import lower_yo, spaced_words
+
+    rng = random.Random(5)
+    alphabet = list("аЁёZz 9_\t\n.,!?😂-") + ["\u00a0", "\u2003", "\u200b", "\u200d", "\u0301", "\u3000", "  ", "Σ"]
+    texts = pl.Series("t", ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10))) for _ in range(5000)])
+    step_by_step = (lower_yo(pl.col("t")).str.replace_all(r"[^\w\s]", " ").str.replace_all("_", " ", literal=True)
+                    .str.replace_all(r"\s+", " ").str.strip_chars())
+    want = texts.to_frame().select(step_by_step).to_series().to_list()
+    assert texts.to_frame().select(match_key(pl.col("t"))).to_series().to_list() == want
+    spaced = texts.to_frame().select(spaced_words(lower_yo(pl.col("t")))).to_series()
+    assert spaced.to_frame().select(match_key(pl.col("t"), spaced=True)).to_series().to_list() == want
+    assert sum(k != t for k, t in zip(want, texts.to_list())) > 4000  # the rules had work to do
+
+
 def test_dedup_rules_each_counted():
     df = pairs([
         ("Как дела?", "Юмор", "Хорошо"),

@@ -138,19 +138,22 @@ def lower_yo(expr: pl.Expr) -> pl.Expr:
     return expr.str.to_lowercase().str.replace_all("ё", "е", literal=True)
 
 
-def match_key(expr: pl.Expr, lowered: bool = False) -> pl.Expr:
+def spaced_words(expr: pl.Expr) -> pl.Expr:
+    """Every run of characters that are not letters or digits (punctuation, symbols, emoji, `_`,
+    whitespace) becomes one space: what match_key and dedup's near key both start from."""
+    return expr.str.replace_all(r"[\W_]+", " ")
+
+
+def match_key(expr: pl.Expr, lowered: bool = False, spaced: bool = False) -> pl.Expr:
     """A comparison key: lower case, ё→е, punctuation and emoji dropped, whitespace collapsed.
 
     Two texts with the same key read as the same phrase ("Как дела?" and "как дела"). With
-    `lowered`, `expr` has been through lower_yo already (dedup shares that pass with its near key).
+    `lowered`, `expr` has been through lower_yo already; with `spaced`, through lower_yo and
+    spaced_words (dedup shares those passes with its near key).
     """
-    return (
-        (expr if lowered else lower_yo(expr))
-        .str.replace_all(r"[^\w\s]", " ")
-        .str.replace_all(r"_", " ", literal=True)
-        .str.replace_all(r"\s+", " ")
-        .str.strip_chars()
-    )
+    if spaced:
+        return expr.str.strip_chars(" ")
+    return spaced_words(expr if lowered else lower_yo(expr)).str.strip_chars(" ")
 
 
 def word_count(expr: pl.Expr) -> pl.Expr:
