@@ -2,6 +2,8 @@
 and per first phrase. The kept pairs get a `group` column: pairs whose questions share the match key
 share it, and split assigns whole groups."""
 
+import chitchat.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
+
 from pathlib import Path
 
 import polars as pl

@@ -4,6 +4,8 @@ Streaming: the inputs are read a chunk at a time, each chunk is filtered at once
 the kept pairs to parquet as they come, so memory holds a few chunks whatever the size of the dump.
 """
 
+import chitchat.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
+
 import threading
 from collections import Counter
 from pathlib import Path

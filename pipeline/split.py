@@ -1,5 +1,7 @@
 """Stage split: train / valid / test grouped by question, stratified by category, seeded."""
 
+import chitchat.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
+
 from pathlib import Path
 
 import polars as pl
