@@ -11,7 +11,7 @@ import typer
 
 from chitchat.data.dedup import GROUP, KEY_COLUMNS, dedup_config, kept_rows
 from chitchat.io import PARQUET, atomic_path, load_params, section, write_json
-from chitchat.stage import stage_errors
+from chitchat.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -39,4 +39,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_stage(app)

@@ -22,7 +22,7 @@ from chitchat.data.readers import PARSE_WORKERS
 from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_chunks, parse_inputs
 from chitchat.errors import InputError
 from chitchat.io import PARQUET, atomic_path, config_from, load_params, section, write_json
-from chitchat.stage import stage_errors
+from chitchat.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
 READER_PARAMS = ("inputs", "lowercase", "yo_to_e", "missing_category", "max_history", "condition_field")
@@ -148,4 +148,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_stage(app)

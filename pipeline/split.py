@@ -10,7 +10,7 @@ import typer
 from chitchat.data.dedup import GROUP
 from chitchat.data.split import SPLITS, SplitConfig, assign_splits, warm_sklearn
 from chitchat.io import PARQUET, atomic_path, config_from, load_params, section, write_json
-from chitchat.stage import stage_errors
+from chitchat.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -36,4 +36,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    run_stage(app)

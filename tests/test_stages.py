@@ -95,3 +95,36 @@ def test_metrics_json_is_ascii_for_dvc(tmp_path):
     raw = target.read_bytes()
     raw.decode("ascii")  # DVC calls mostly-non-ASCII files binary and refuses them as metrics
     assert json.loads(raw) == {"categories": {"Авто, Мото": 3, "Юмор": 1}}
+
+
+RUN_STAGE_APP = '''
+import sys, typer
+from chitchat.stage import run_stage
+app = typer.Typer(add_completion=False)
+
+@app.command()
+def main(how: str) -> None:
+    sys.stdout.write("partial line, not flushed")  # still buffered when the app returns
+    sys.stderr.write("to stderr")
+    if how == "exit3":
+        raise typer.Exit(3)
+    if how == "message":
+        sys.exit("stage: error: bad")
+    if how == "crash":
+        raise RuntimeError("boom")
+
+run_stage(app)
+'''
+
+
+@pytest.mark.parametrize("how, code", [("ok", 0), ("exit3", 3), ("message", 1), ("crash", 1)])
+def test_run_stage_ends_with_the_apps_status_and_loses_no_output(tmp_path, how, code):
+    script = tmp_path / "stage.py"
+    script.write_text(RUN_STAGE_APP, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == "partial line, not flushed" and proc.stderr.startswith("to stderr")
+    if how == "message":
+        assert proc.stderr.endswith("stage: error: bad\n")
+    if how == "crash":  # not a SystemExit: Python's own handling, traceback and all
+        assert "RuntimeError: boom" in proc.stderr

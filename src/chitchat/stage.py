@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +30,31 @@ def stage_errors(stage: str) -> Iterator[None]:
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; no output was written", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def run_stage(app: Callable[[], object]) -> NoReturn:
+    """Run a data stage's typer app as the program, then end the process at once with its exit code.
+
+    When the app returns, every output is written, closed and renamed into place; the streams are
+    flushed here. What Python's own shutdown would add is tearing down the modules loaded (for split,
+    scikit-learn with scipy and pandas: about 0.3 s) and freeing tables the kernel frees anyway.
+    An exception other than SystemExit goes the usual way, traceback and all.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing left to flush into
+            stream.flush()
+    os._exit(code)
 
 
 def progress_bar() -> Progress:
