@@ -107,7 +107,8 @@ def drop_reason(cfg: FilterConfig) -> pl.Expr:
 def apply_filters(df: pl.DataFrame, cfg: FilterConfig) -> tuple[pl.DataFrame, dict[str, int]]:
     """Drop failing pairs; return the kept pairs and the number dropped per reason."""
     rules = _rules(cfg)
-    code = df.select(_drop_code(rules)).to_series()
+    # lazily: polars then computes each length and word bound once, though several rules read it
+    code = df.lazy().select(_drop_code(rules)).collect().to_series()
     failed = code.drop_nulls()
     dropped: Counter = Counter()
     for i, n in failed.value_counts().iter_rows():

@@ -318,13 +318,15 @@ def _chunks(path: Path, suffixes: tuple[str, ...], chunk_bytes: int) -> Iterator
                     if cut < 0:  # a line longer than a block
                         pending.append(block)
                         continue
-                    body, pending = b"".join([*pending, block[:cut]]), [block[cut + 1:]]
+                    body, pending = b"".join([*pending, memoryview(block)[:cut]]), [block[cut + 1:]]  # one copy
                 elif any(pending):  # the last line has no line end
                     body, pending = b"".join(pending), []
                 else:
                     break
-                nul = body.count(b"\x00")
-                lines = _split_lines(body.replace(b"\x00", b"") if nul else body).str.strip_chars_end("\r")
+                nul = body.count(b"\x00") if b"\x00" in body else 0  # a memchr; counting is a pass of its own
+                lines = _split_lines(body.replace(b"\x00", b"") if nul else body)
+                if b"\r" in body:  # CRLF line ends
+                    lines = lines.str.strip_chars_end("\r")
                 if first and lines[0] is not None and lines[0].startswith("\ufeff"):
                     lines = lines.scatter(0, lines[0][1:])
                 first = False
