@@ -429,6 +429,21 @@ def test_lower_casing_makes_no_letter_but_the_listed_ones_and_unmakes_none():
     assert is_word.sum() > 100_000  # the check saw the letters of every script
 
 
+def test_fast_lower_casing_equals_polars_lower_casing_on_every_code_point():
+    """lower_yo_series maps Russian and English capitals itself and sends texts with any other
+    character that lower-casing changes the full way: equal to lower_yo on every code point, alone
+    and between letters (the final sigma depends on its neighbours)."""
+    from chitchat.data.dedup import lower_yo_series
+    from chitchat.data.normalize import lower_yo
+
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    texts = pl.Series("t", points + [f"Я{c}Z" for c in points] + [f"ΑΣ{c}" for c in points] + [None])
+    want = texts.to_frame().select(lower_yo(pl.col("t"))).to_series()
+    got = lower_yo_series(texts)
+    assert got.to_list() == want.to_list()
+    assert (want != texts).sum() > 1_000_000  # the texts had capitals to lower
+
+
 def test_ends_of_texts_with_equal_keys_are_equal():
     from chitchat.data.dedup import _ends_hash, ends, fast_near_key
 

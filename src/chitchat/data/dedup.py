@@ -131,6 +131,30 @@ def near_key(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
     return texts
 
 
+# Capitals of Russian and English text and their lower case, ё read as е (Ё too): one Aho-Corasick
+# pass maps them, several times faster than full Unicode lower-casing. Texts with any other character
+# that lower-casing changes (Σ and its final form, İ, accented capitals...) take the full way, and so
+# do texts with a character polars' regex tables do not know (Cn): lower-casing's tables are newer
+# and change some of them (U+A7D2, U+16EA0...; a test checks every code point).
+_CAPITALS = [chr(c) for c in range(ord("А"), ord("Я") + 1)] + ["Ё"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+_YO_LOWER = {c: c.lower().replace("ё", "е") for c in _CAPITALS} | {"ё": "е"}
+_OTHER_CASED_RS = r"[[\p{Changes_When_Lowercased}\p{Cn}]--[А-ЯЁA-Z]]"
+
+
+def lower_yo_series(texts: pl.Series) -> pl.Series:
+    """lower_yo over a column, equal on every text (a test checks every code point), in a lazy
+    frame (on every core)."""
+    frame = texts.to_frame("t").lazy().select(
+        lower=pl.col("t").str.replace_many(list(_YO_LOWER), list(_YO_LOWER.values())),
+        other=pl.col("t").str.contains(_OTHER_CASED_RS)).collect()
+    out = frame["lower"]
+    if frame["other"].any():
+        rows = frame["other"].arg_true()
+        full = texts.gather(rows).to_frame("t").select(lower_yo(pl.col("t"))).to_series()
+        out = out.scatter(rows, full)
+    return out.alias(texts.name)
+
+
 KEY_CHUNK = 1_000_000  # texts keyed at a time: bounds the memory of the intermediate columns
 CASE_RULES = ("casefold", "yo_to_e")  # the rules that come first and change letters, not the text's shape
 
@@ -343,7 +367,7 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupRe
     first, run = question_runs(df)
     questions = df["question"].filter(first)
     # the match key's case and spacing passes, shared with the near key when it has those rules
-    spaced = _lazy(questions, lambda t: spaced_words(lower_yo(t)))
+    spaced = _lazy(lower_yo_series(questions), spaced_words)
     q_match = _lazy(spaced, lambda t: match_key(t, spaced=True))
     rows = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), *(["qid"] if "qid" in df.columns else []))
     starts = first.arg_true()  # the row of each run's first pair
