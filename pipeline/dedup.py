@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.data.dedup import GROUP, KEY_COLUMNS, dedup_config, kept_rows
+from chitchat.data.dedup import GROUP, KEY_COLUMNS, dedup_config, kept_rows, kept_with_group
 from chitchat.io import PARQUET, atomic_path, load_params, section, write_json
 from chitchat.stage import run_stage, stage_errors
 
@@ -26,13 +26,16 @@ def main(
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
         cfg = dedup_config(section(load_params(params), "dedup", params))
-        # the rules read three columns; the rest streams from the input to the output file
-        columns = [c for c in KEY_COLUMNS if c in pl.read_parquet_schema(pairs)]
-        kept, report = kept_rows(pl.read_parquet(pairs, columns=columns), cfg)
+        # the rules read three columns; the others are read after, into the same table
+        schema = pl.read_parquet_schema(pairs)
+        table = pl.read_parquet(pairs, columns=[c for c in KEY_COLUMNS if c in schema])
+        kept, report = kept_rows(table, cfg)
+        rest = [c for c in schema if c not in KEY_COLUMNS and c != GROUP]
+        if rest:
+            table = pl.concat([table, pl.read_parquet(pairs, columns=rest)], how="horizontal")
+            table = table.select(c for c in schema if c != GROUP)  # the input's column order
         with atomic_path(out) as tmp:  # the kept rows with their question group, which split reads
-            (pl.scan_parquet(pairs).drop(GROUP, strict=False).with_row_index("_row")
-             .join(kept.lazy(), on="_row", how="inner", maintain_order="left")
-             .drop("_row").sink_parquet(tmp, **PARQUET))
+            kept_with_group(table, kept).sink_parquet(tmp, **PARQUET)
         write_json(metrics, report.as_dict())
         counts = ", ".join(f"{rule} {n}" for rule, n in report.removed.items() if n)
         typer.echo(f"dedup: {report.pairs_in} -> {report.pairs_out} pairs ({counts or 'nothing removed'})", err=True)

@@ -462,6 +462,17 @@ def test_ends_of_texts_with_equal_keys_are_equal():
         assert frame["hash"].n_unique() == frame["ends"].n_unique(), mask
 
 
+def test_kept_with_group_is_the_kept_rows_in_order_with_their_group_last():
+    from chitchat.data.dedup import GROUP, kept_rows, kept_with_group
+
+    df = fuzz_table(400, seed=4).with_columns(pl.int_range(pl.len()).alias("extra"), pl.lit(7).alias(GROUP))
+    kept, _ = kept_rows(df, DedupConfig(max_per_question=2))
+    out = kept_with_group(df, kept).collect()
+    assert 0 < out.height < df.height
+    assert out.columns == [c for c in df.columns if c != GROUP] + [GROUP]  # a stale group is replaced
+    assert out["extra"].to_list() == kept["_row"].to_list() and out[GROUP].to_list() == kept[GROUP].to_list()
+
+
 def test_kept_rows_is_right_when_every_hash_collides(monkeypatch):
     """Hashes only pick which rows to compare: with all of them equal, every answer gets a near key
     and every pair is compared by its text, and the result is the reference's."""

@@ -430,6 +430,14 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupRe
     return kept, DedupReport(pairs_in, rows.height, removed, capped)
 
 
+def kept_with_group(table: pl.DataFrame, kept: pl.DataFrame) -> pl.LazyFrame:
+    """The rows of `table` that kept_rows kept (`kept`: its result on this table), in order, with
+    their question GROUP as the last column: a lazy frame whose filter streams into a sink, so the
+    kept rows are never copied whole."""
+    group = pl.repeat(None, table.height, dtype=kept[GROUP].dtype, eager=True).scatter(kept["_row"], kept[GROUP])
+    return table.drop(GROUP, strict=False).with_columns(group.alias(GROUP)).lazy().filter(pl.col(GROUP).is_not_null())
+
+
 def dedup_pairs(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:
     """The rows of `df` that kept_rows keeps, in their original order, and the report."""
     kept, report = kept_rows(df, cfg)
