@@ -33,7 +33,7 @@ def main(
         rest = [c for c in schema if c not in KEY_COLUMNS and c != GROUP]
         if rest:
             table = pl.concat([table, pl.read_parquet(pairs, columns=rest)], how="horizontal")
-            table = table.select(c for c in schema if c != GROUP)  # the input's column order
+        table = table.select(c for c in schema if c != GROUP)  # the input's column order
         with atomic_path(out) as tmp:  # the kept rows with their question group, which split reads
             kept_with_group(table, kept).sink_parquet(tmp, **PARQUET)
         write_json(metrics, report.as_dict())

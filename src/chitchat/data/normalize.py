@@ -144,16 +144,16 @@ def spaced_words(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_all(r"[\W_]+", " ")
 
 
-def match_key(expr: pl.Expr, lowered: bool = False, spaced: bool = False) -> pl.Expr:
+def match_key(expr: pl.Expr, spaced: bool = False) -> pl.Expr:
     """A comparison key: lower case, ё→е, punctuation and emoji dropped, whitespace collapsed.
 
     Two texts with the same key read as the same phrase ("Как дела?" and "как дела"). With
-    `lowered`, `expr` has been through lower_yo already; with `spaced`, through lower_yo and
-    spaced_words (dedup shares those passes with its near key).
+    `spaced`, `expr` has been through lower_yo and spaced_words already (dedup shares those passes
+    with its near key).
     """
     if spaced:
         return expr.str.strip_chars(" ")
-    return spaced_words(expr if lowered else lower_yo(expr)).str.strip_chars(" ")
+    return spaced_words(lower_yo(expr)).str.strip_chars(" ")
 
 
 def word_count(expr: pl.Expr) -> pl.Expr:
