@@ -83,9 +83,6 @@ class HFCausalLM(Seq2Seq):
                                src_mask.sum(1, keepdim=True) + torch.arange(tgt_in.size(1), device=src.device)], dim=1)
         return self._run(torch.cat([src, tgt_in], dim=1), mask, positions, keep=tgt_in.size(1)).logits
 
-    def total_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def _load_lm(directory: Path, vocab_size: int):
     transformers = import_transformers()
