@@ -401,6 +401,28 @@ def test_word_filters_count_only_where_needed_yet_agree_with_counting_everywhere
     assert got.null_count() < len(texts) and got.n_unique() > 3  # the test exercises several reasons
 
 
+@pytest.mark.parametrize("words", [(1, 3, 1, 4), (2, 0, 3, 6), (0, 5, 1, 0), (4, 9, 5, 12)])
+def test_apply_filters_drops_what_drop_reason_names(words):
+    """apply_filters evaluates the upper word bounds only on texts long enough to fail them: the
+    rows it keeps and the counts per reason are drop_reason's, text paragraphs included."""
+    from chitchat.data.filters import FilterConfig, apply_filters, drop_reason
+    from chitchat.data.sources import TEXT_MARKER
+
+    rng = random.Random(3)
+    pieces = ["а", "слово", "x", " ", "  ", "\t", "\u3000", "\x1c", "\n", "https://x.ru", "!"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(4000)]
+    texts += [sep.join("а" * k) for k in range(15) for sep in (" ", "\u3000")]  # the shortest k-word texts
+    questions = [f"{TEXT_MARKER} {t}" if i % 7 == 0 else t for i, t in enumerate(texts)]
+    df = pl.DataFrame({"question": questions, "answer": texts[::-1], "category": "c"})
+    cfg = FilterConfig(min_question_words=words[0], max_question_words=words[1], min_answer_words=words[2],
+                       max_answer_words=words[3], min_question_chars=0, min_answer_chars=0, max_text_chars=40)
+    reasons = df.select(drop_reason(cfg))["drop_reason"]
+    kept, dropped = apply_filters(df, cfg)
+    assert kept.equals(df.filter(reasons.is_null()))
+    assert dropped == dict(sorted(reasons.drop_nulls().value_counts().iter_rows()))
+    assert any(reason.endswith("too_long_words") for reason in dropped) == (words[1] + words[3] > 0)
+
+
 def test_an_interrupted_sink_stops_at_the_next_chunk_and_leaves_no_file(tmp_path):
     """Ctrl-C reaches the main thread while polars sinks in another: the source stops, the error rises."""
     import _thread

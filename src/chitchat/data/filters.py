@@ -91,6 +91,14 @@ def _rules(cfg: FilterConfig) -> list[tuple[pl.Expr, str]]:
     return rules
 
 
+def _guards(cfg: FilterConfig) -> dict[str, pl.Expr]:
+    """reason -> a cheap condition that every row failing the rule meets. The upper word bounds scan
+    whole texts, and more than n words take n + 1 non-spaces and n spaces: only texts longer than
+    2n characters can fail them, and those are few."""
+    return {f"{column}_too_long_words": pl.col(column).str.len_chars() > 2 * hi
+            for column, hi in (("question", cfg.max_question_words), ("answer", cfg.max_answer_words)) if hi > 0}
+
+
 def _drop_code(rules: list[tuple[pl.Expr, str]]) -> pl.Expr:
     """The index of the first rule a row fails, or null: the least index among the failed ones
     (integers, which are much cheaper to combine than a when/then chain of strings)."""
@@ -105,10 +113,20 @@ def drop_reason(cfg: FilterConfig) -> pl.Expr:
 
 
 def apply_filters(df: pl.DataFrame, cfg: FilterConfig) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Drop failing pairs; return the kept pairs and the number dropped per reason."""
-    rules = _rules(cfg)
+    """Drop failing pairs; return the kept pairs and the number dropped per reason: drop_reason's
+    verdicts (a test checks), with each guarded rule (_guards) evaluated only where its guard holds."""
+    rules, guards = _rules(cfg), _guards(cfg)
+    never = pl.lit(False)
+    cheap = [(never if reason in guards else cond, reason) for cond, reason in rules]
     # lazily: polars then computes each length and word bound once, though several rules read it
-    code = df.lazy().select(_drop_code(rules)).collect().to_series()
+    found = df.lazy().select(_drop_code(cheap).alias("code"),
+                             pl.any_horizontal(never, *guards.values()).alias("maybe")).collect()
+    code, maybe = found["code"], found["maybe"]
+    if maybe.any():
+        rows = maybe.arg_true()
+        guarded = [(cond if reason in guards else never, reason) for cond, reason in rules]
+        late = df.lazy().filter(maybe).select(_drop_code(guarded)).collect().to_series()
+        code = code.scatter(rows, pl.select(pl.min_horizontal(code.gather(rows), late)).to_series())
     failed = code.drop_nulls()
     dropped: Counter = Counter()
     for i, n in failed.value_counts().iter_rows():
