@@ -32,9 +32,9 @@ class SplitConfig:
 def _strata(categories: pl.Series) -> np.ndarray:
     """Integer strata, numbered in the sorted order of the names (as sklearn numbers string labels),
     with categories of a single group merged into one rare stratum."""
-    frame = categories.to_frame("c").select(
-        pl.when(pl.len().over("c") >= 2).then(pl.col("c")).otherwise(pl.lit(RARE)).rank("dense"))
-    return frame.to_series().to_numpy()
+    counts = categories.to_frame("c").group_by("c").len()  # a row per category: the ranks are taken on those
+    number = counts.select(pl.when(pl.col("len") >= 2).then(pl.col("c")).otherwise(pl.lit(RARE)).rank("dense"))
+    return categories.replace_strict(counts["c"], number.to_series()).to_numpy()
 
 
 SKLEARN = "sklearn.model_selection"
