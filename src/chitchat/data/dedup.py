@@ -33,7 +33,7 @@ def _run_pattern(texts: pl.Series) -> str:
     """An alternation of `c{3,}` over every character that occurs in `texts` (digits and whitespace
     excepted): the alphabet above plus whatever the rows outside it hold."""
     chars = set(_ALPHABET)
-    other = texts.str.contains(_OTHER_RS)
+    other = _lazy(texts, lambda t: t.str.contains(_OTHER_RS))
     if other.any():
         chars.update(texts.filter(other).str.split("").explode().drop_nulls().unique().to_list())
     chars = pl.Series(sorted(chars), dtype=pl.String)
@@ -51,7 +51,7 @@ def _collapse_repeats(texts: pl.Series) -> pl.Series:
     if texts.is_empty():
         return texts
     pattern = _run_pattern(texts)
-    has_run = texts.str.contains(pattern)
+    has_run = _lazy(texts, lambda t: t.str.contains(pattern))
     if not has_run.any():
         return texts
     rows = has_run.arg_true()
@@ -245,10 +245,10 @@ def _ends_hash(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
     chars = texts.to_frame("t").lazy().select(**_end_chars(pl.col("t"), cfg)).collect()
     hashes = {}
     for name, rule in _end_rules(cfg).items():
-        distinct = chars[name].unique()
+        distinct = chars.lazy().select(pl.col(name).unique()).collect().to_series()
         ruled = distinct.to_frame("c").select(rule(pl.col("c")).hash()).to_series()
-        hashes[name] = chars[name].replace_strict(distinct, ruled)
-    return pl.DataFrame(hashes).select(pl.struct("lead", "tail").hash()).to_series()
+        hashes[name] = pl.col(name).replace_strict(distinct, ruled)
+    return chars.lazy().select(pl.struct(**hashes).hash()).collect().to_series()
 
 
 def first_phrase(expr: pl.Expr) -> pl.Expr:
@@ -276,8 +276,8 @@ def question_runs(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     and each row's run number. Answers of one record are adjacent, so everything computed from the
     question is computed once per run (a quarter of the rows in the dump) and gathered back."""
     cols = ["question", "qid"] if "qid" in df.columns else ["question"]
-    first = df.select(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in cols)
-                      .fill_null(True).alias("first")).to_series()
+    first = df.lazy().select(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in cols)
+                             .fill_null(True).alias("first")).collect().to_series()
     return first, (first.cast(pl.UInt32).cum_sum() - 1)
 
 
