@@ -10,7 +10,11 @@ Then, each in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAG
          DataFrame, the same filters, dedup rules and grouped split in pandas, parquet out;
 - floor: polars reading the zip member (inflated by ISA-L, as prepare does) and parsing the NDJSON,
          nothing more (on a copy of the dump without the malformed lines, which polars' reader
-         cannot skip).
+         cannot skip);
+- pass-through: the least any three-stage pipeline costs: three processes that only carry the
+         table along, as DVC's stages must, with no rule at all: the floor plus one pair per
+         answer written to parquet; that table read and written again; read again and written
+         as three parts. Same compression as ours (chitchat.io.PARQUET).
 
     python benchmarks/data_stages.py --questions 50000      # quick
     python benchmarks/data_stages.py                        # 1,000,000 questions, ~4M pairs
@@ -231,6 +235,30 @@ def floor(clean: Path) -> dict:
     return {"records": frame.height, "bytes": len(data)}
 
 
+def pass_through(step: str, source: Path, target: Path) -> None:
+    """One stage of the pass-through pipeline (see the module's doc): `read` the dump into pairs,
+    `copy` a table, or `part` it in three by a hash of the question (80/10/10)."""
+    from chitchat.io import PARQUET
+
+    if step == "read":
+        from chitchat.data.readers import open_zip_member
+
+        with zipfile.ZipFile(source) as archive, \
+                open_zip_member(archive, source, next(n for n in archive.namelist() if n.endswith(".jsonl"))) as member:
+            data = member.read()
+        schema = {"question": pl.String, "category": pl.String, "responses": pl.List(pl.String)}
+        pairs = pl.read_ndjson(data, schema=schema).explode("responses").rename({"responses": "answer"})
+        pairs.write_parquet(target, **PARQUET)
+    elif step == "copy":
+        pl.read_parquet(source).write_parquet(target, **PARQUET)
+    else:
+        table = pl.read_parquet(source)
+        part = table.select(pl.col("question").hash(13) % 10).to_series()
+        target.mkdir(parents=True, exist_ok=True)
+        for name, picked in (("train", part < 8), ("valid", part == 8), ("test", part == 9)):
+            table.filter(picked).write_parquet(target / f"{name}.parquet", **PARQUET)
+
+
 def ours_commands(dump: Path, work: Path) -> list[list[str]]:
     """The three stage scripts, with a params file pointing prepare at the dump."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -264,6 +292,7 @@ INTERNAL = {  # what this file runs as a child process: python data_stages.py <n
     "measure": measure,
     "naive": lambda dump, params, out: print(json.dumps(naive(Path(dump), Path(params), Path(out)))),
     "floor": lambda clean: print(json.dumps(floor(Path(clean)))),
+    "pass": lambda step, source, target: pass_through(step, Path(source), Path(target)),
 }
 
 
@@ -291,6 +320,9 @@ def main(
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         work = Path(tmp)
         rows["floor: polars reads the zip member + NDJSON"] = _measured(me + ["floor", str(clean)])
+        steps = (("read", clean, work / "pass1.parquet"), ("copy", work / "pass1.parquet", work / "pass2.parquet"),
+                 ("part", work / "pass2.parquet", work / "pass3"))
+        passes = [_measured(me + ["pass", step, str(a), str(b)]) for step, a, b in steps]
         for stage, command in zip(("prepare", "dedup", "split"), ours_commands(dump, work)):
             rows[f"ours: {stage}"] = _measured(command)
         metrics = {s: json.loads((work / f"{s}.json").read_text()) for s in ("prepare", "dedup", "split")}
@@ -301,7 +333,10 @@ def main(
     ours = {"wall": sum(r["wall"] for r in stages), "cpu": sum(r["cpu"] for r in stages),
             "rss_mb": max(r["rss_mb"] for r in stages)}
     floor_row = rows.pop("floor: polars reads the zip member + NDJSON")
+    through = {"wall": sum(r["wall"] for r in passes), "cpu": sum(r["cpu"] for r in passes),
+               "rss_mb": max(r["rss_mb"] for r in passes)}
     table = {"floor: polars reads the zip member + NDJSON": floor_row,
+             "pass-through: three stages that only read and write the tables": through,
              **{f"ours: {s}": r for s, r in zip(("prepare", "dedup", "split"), stages)},
              "**ours: prepare + dedup + split**": ours, **rows}
     pre, ded, spl = (metrics[s] for s in ("prepare", "dedup", "split"))
@@ -315,6 +350,9 @@ def main(
     print(f"\nours / floor: {ours['wall'] / floor_row['wall']:.2f}x wall, {ours['cpu'] / floor_row['cpu']:.2f}x CPU"
           f" (goal <= 1.5x); prepare alone / floor: {stages[0]['wall'] / floor_row['wall']:.2f}x wall, "
           f"{stages[0]['cpu'] / floor_row['cpu']:.2f}x CPU")
+    print(f"pass-through / floor: {through['wall'] / floor_row['wall']:.2f}x wall (the least three stages cost); "
+          f"ours / pass-through: {ours['wall'] / through['wall']:.2f}x wall, {ours['cpu'] / through['cpu']:.2f}x CPU; "
+          f"pass-through steps (s): " + ", ".join(f"{step} {r['wall']:.1f}" for (step, *_), r in zip(steps, passes)))
     if not skip_naive:
         naive_row = table["naive: json.loads + normalize_text per line, pandas"]
         naive_out = json.loads(naive_row["stdout"])
