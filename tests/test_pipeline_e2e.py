@@ -6,10 +6,11 @@ import os
 import shutil
 import subprocess
 
+import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import ANEKDOT, REPO
 
 TINY = {
     "tokenizer": {"vocab_size": 500},
@@ -27,10 +28,9 @@ def sh(*cmd, cwd):
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A git + DVC copy of the repository's tracked and unignored files, with tiny params."""
-    root = tmp_path_factory.mktemp("project")
+def reproduced_copy(root, overrides: dict):
+    """A git + DVC copy of the repository's tracked and unignored files in `root`, params.yaml
+    updated with `overrides` ({section: {key: value or {subkey: value}}}), after `dvc repro`."""
     files = sh("git", "ls-files", "-co", "--exclude-standard", cwd=REPO).splitlines()
     for rel in files:
         if (REPO / rel).is_file() and not rel.startswith("metrics/"):
@@ -38,7 +38,7 @@ def project(tmp_path_factory):
             shutil.copy2(REPO / rel, root / rel)
     (root / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    for name, values in TINY.items():
+    for name, values in overrides.items():
         for key, value in values.items():
             if isinstance(value, dict):
                 params[name][key].update(value)
@@ -50,6 +50,12 @@ def project(tmp_path_factory):
     sh("git", "commit", "-qm", "copy", cwd=root)
     sh("dvc", "repro", cwd=root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The repository with tiny params, reproduced."""
+    return reproduced_copy(tmp_path_factory.mktemp("project"), TINY)
 
 
 def load(root, name):
@@ -117,3 +123,27 @@ def test_decoding_experiment_reruns_only_evaluate(project):
     assert before["decoding"]["strategy"] == "greedy"
     assert after["ppl_token"] == before["ppl_token"]  # same model: teacher-forced scores cannot move
     assert after["decoding"]["max_new_tokens"] == 12
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ANEKDOT.is_file(), reason=f"shared dialogues not found at {ANEKDOT}")
+def test_the_sample_and_the_shared_dialogues_run_through_repro_together(tmp_path):
+    """Two inputs of different formats, the embedded QA sample and the shared anekdot dialogues,
+    make one table with a `source` column that every stage carries through to the metrics."""
+    inputs = [{"path": "data/raw/qa_data.jsonl.zip"},
+              {"path": str(ANEKDOT), "format": "dialogues", "name": "anekdots", "category": "Анекдоты"}]
+    overrides = {**TINY, "prepare": {"inputs": inputs}, "split": {"valid_fraction": 0.02, "test_fraction": 0.02},
+                 "train": {**TINY["train"], "epochs": 1, "max_tokens": 8192}}
+    root = reproduced_copy(tmp_path, overrides)
+    prepare, dedup = load(root, "prepare.json"), load(root, "dedup.json")
+    assert set(prepare["read"]) == {"qa_data", "anekdots"}
+    per_source = prepare["pairs_out_per_source"]
+    assert per_source["qa_data"] > 1000 and per_source["anekdots"] > 150_000  # 164,774 turn pairs before filters
+    train = pl.read_parquet(root / "data" / "split" / "train.parquet", columns=["source", "category"])
+    assert set(train["source"].unique()) == {"qa_data", "anekdots"}
+    assert train.filter(pl.col("source") == "anekdots")["category"].unique().to_list() == ["Анекдоты"]
+    assert sum(load(root, "split.json")["pairs"].values()) == dedup["pairs_out"]
+    assert dedup["removed"]["over_max_per_first_phrase"] > 0  # «Алло!» and the like open hundreds of dialogues
+    assert load(root, "train.json")["steps"] > 0 and load(root, "eval.json")["ppl_token"] > 1
+    assert load(root, "data.json")["pairs"]["total"] == dedup["pairs_out"]
+    assert "up to date" in sh("dvc", "status", cwd=root)
