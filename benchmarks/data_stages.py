@@ -222,17 +222,22 @@ def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
     return {"pairs_in": pairs_in, "prepared": prepared, "deduped": deduped, "split": sizes, "phases": phases}
 
 
-def floor(clean: Path) -> dict:
-    """Polars reading the zip member and parsing the NDJSON: the least any prepare has to do. The
-    member is inflated by ISA-L, as prepare's reader does (zipfile's zlib takes twice as long)."""
+def _read_dump(clean: Path) -> tuple[pl.DataFrame, int]:
+    """The records of the clean dump and its size in bytes: the zip member inflated by ISA-L, as
+    prepare's reader does (zipfile's zlib takes twice as long), and the NDJSON parsed by polars."""
     from chitchat.data.readers import open_zip_member
 
     with zipfile.ZipFile(clean) as archive, \
             open_zip_member(archive, clean, next(n for n in archive.namelist() if n.endswith(".jsonl"))) as member:
         data = member.read()
     schema = {"question": pl.String, "category": pl.String, "responses": pl.List(pl.String)}
-    frame = pl.read_ndjson(data, schema=schema)
-    return {"records": frame.height, "bytes": len(data)}
+    return pl.read_ndjson(data, schema=schema), len(data)
+
+
+def floor(clean: Path) -> dict:
+    """Polars reading the zip member and parsing the NDJSON: the least any prepare has to do."""
+    frame, size = _read_dump(clean)
+    return {"records": frame.height, "bytes": size}
 
 
 def pass_through(step: str, source: Path, target: Path) -> None:
@@ -241,13 +246,7 @@ def pass_through(step: str, source: Path, target: Path) -> None:
     from chitchat.io import PARQUET
 
     if step == "read":
-        from chitchat.data.readers import open_zip_member
-
-        with zipfile.ZipFile(source) as archive, \
-                open_zip_member(archive, source, next(n for n in archive.namelist() if n.endswith(".jsonl"))) as member:
-            data = member.read()
-        schema = {"question": pl.String, "category": pl.String, "responses": pl.List(pl.String)}
-        pairs = pl.read_ndjson(data, schema=schema).explode("responses").rename({"responses": "answer"})
+        pairs = _read_dump(source)[0].explode("responses").rename({"responses": "answer"})
         pairs.write_parquet(target, **PARQUET)
     elif step == "copy":
         pl.read_parquet(source).write_parquet(target, **PARQUET)

@@ -245,7 +245,7 @@ def _ends_hash(texts: pl.Series, cfg: NearKeyConfig) -> pl.Series:
     chars = texts.to_frame("t").lazy().select(**_end_chars(pl.col("t"), cfg)).collect()
     hashes = {}
     for name, rule in _end_rules(cfg).items():
-        distinct = chars.lazy().select(pl.col(name).unique()).collect().to_series()
+        distinct = _lazy(chars[name], pl.Expr.unique)
         ruled = distinct.to_frame("c").select(rule(pl.col("c")).hash()).to_series()
         hashes[name] = pl.col(name).replace_strict(distinct, ruled)
     return chars.lazy().select(pl.struct(**hashes).hash()).collect().to_series()
