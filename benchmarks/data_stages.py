@@ -14,7 +14,7 @@ Then, each in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAG
 - pass-through: the least any three-stage pipeline costs: three processes that only carry the
          table along, as DVC's stages must, with no rule at all: the floor plus one pair per
          answer written to parquet; that table read and written again; read again and written
-         as three parts. Same compression as ours (chitchat.io.PARQUET).
+         as three parts. Same compression as ours (chitchat.core.io.PARQUET).
 
     python benchmarks/data_stages.py --questions 50000      # quick
     python benchmarks/data_stages.py                        # 1,000,000 questions, ~4M pairs
@@ -243,7 +243,7 @@ def floor(clean: Path) -> dict:
 def pass_through(step: str, source: Path, target: Path) -> None:
     """One stage of the pass-through pipeline (see the module's doc): `read` the dump into pairs,
     `copy` a table, or `part` it in three by a hash of the question (80/10/10)."""
-    from chitchat.io import PARQUET
+    from chitchat.core.io import PARQUET
 
     if step == "read":
         pairs = _read_dump(source)[0].explode("responses").rename({"responses": "answer"})

@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 import typer
 
-from chitchat.checkpoint import load_checkpoint
-from chitchat.decoding import DecodingConfig, generate, map_tensors
+from chitchat.answering.checkpoint import load_checkpoint
+from chitchat.answering.decoding import DecodingConfig, generate, map_tensors
 from chitchat.models import ModelConfig, build_model
 from chitchat.models.base import Encoded, Seq2Seq
 

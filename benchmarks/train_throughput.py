@@ -19,7 +19,7 @@ import typer
 from torch import nn
 
 from chitchat.models import ModelConfig, build_model
-from chitchat.tokenizer import Tokenizer
+from chitchat.text.tokenizer import Tokenizer
 from chitchat.training.batching import encode_pairs
 from chitchat.training.loop import TrainConfig, seed_everything, train
 

@@ -2,7 +2,7 @@
 and per first phrase. The kept pairs get a `group` column: pairs whose questions share the match key
 share it, and split assigns whole groups."""
 
-import chitchat.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
+import chitchat.core.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
 
 from pathlib import Path
 
@@ -10,8 +10,8 @@ import polars as pl
 import typer
 
 from chitchat.data.dedup import GROUP, KEY_COLUMNS, dedup_config, kept_rows, kept_with_group
-from chitchat.io import PARQUET, atomic_path, load_params, section, write_json
-from chitchat.stage import run_stage, stage_errors
+from chitchat.core.io import PARQUET, atomic_path, load_params, section, write_json
+from chitchat.core.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
 

@@ -7,10 +7,10 @@ import polars as pl
 import torch
 import typer
 
-from chitchat.checkpoint import load_checkpoint, load_tokenizer
-from chitchat.evaluation import EvalConfig, continuations_markdown, evaluate_lm, evaluate_model, examples_markdown
-from chitchat.io import config_from, load_params, section, write_json, write_text
-from chitchat.stage import stage_errors
+from chitchat.answering.checkpoint import load_checkpoint, load_tokenizer
+from chitchat.evaluation.evaluate import EvalConfig, continuations_markdown, evaluate_lm, evaluate_model, examples_markdown
+from chitchat.core.io import config_from, load_params, section, write_json, write_text
+from chitchat.core.stage import stage_errors
 
 app = typer.Typer(add_completion=False)
 

@@ -4,7 +4,7 @@ Streaming: the inputs are read a chunk at a time, each chunk is filtered at once
 the kept pairs to parquet as they come, so memory holds a few chunks whatever the size of the dump.
 """
 
-import chitchat.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
+import chitchat.core.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
 
 import threading
 from collections import Counter
@@ -20,9 +20,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.readers import PARSE_WORKERS
 from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_chunks, parse_inputs
-from chitchat.errors import InputError
-from chitchat.io import PARQUET, atomic_path, config_from, load_params, section, write_json
-from chitchat.stage import run_stage, stage_errors
+from chitchat.core.errors import InputError
+from chitchat.core.io import PARQUET, atomic_path, config_from, load_params, section, write_json
+from chitchat.core.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
 READER_PARAMS = ("inputs", "lowercase", "yo_to_e", "missing_category", "max_history", "condition_field")

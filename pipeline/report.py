@@ -5,11 +5,11 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.report import SPLITS, ReportConfig, data_report, rank_curve_svg
-from chitchat.errors import InputError
-from chitchat.io import atomic_path, config_from, load_params, section, write_json, write_text
-from chitchat.stage import stage_errors
-from chitchat.tokenizer import Tokenizer
+from chitchat.evaluation.data_report import SPLITS, ReportConfig, data_report, rank_curve_svg
+from chitchat.core.errors import InputError
+from chitchat.core.io import atomic_path, config_from, load_params, section, write_json, write_text
+from chitchat.core.stage import stage_errors
+from chitchat.text.tokenizer import Tokenizer
 
 app = typer.Typer(add_completion=False)
 

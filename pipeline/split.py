@@ -1,6 +1,6 @@
 """Stage split: train / valid / test grouped by question, stratified by category, seeded."""
 
-import chitchat.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
+import chitchat.core.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
 
 from pathlib import Path
 
@@ -9,8 +9,8 @@ import typer
 
 from chitchat.data.dedup import GROUP
 from chitchat.data.split import SPLITS, SplitConfig, assign_splits, warm_sklearn
-from chitchat.io import PARQUET, atomic_path, config_from, load_params, section, write_json
-from chitchat.stage import run_stage, stage_errors
+from chitchat.core.io import PARQUET, atomic_path, config_from, load_params, section, write_json
+from chitchat.core.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.io import atomic_dir, load_params, section, write_json
-from chitchat.stage import stage_errors
-from chitchat.tokenizer import Tokenizer, train_tokenizer
+from chitchat.core.io import atomic_dir, load_params, section, write_json
+from chitchat.core.stage import stage_errors
+from chitchat.text.tokenizer import Tokenizer, train_tokenizer
 
 app = typer.Typer(add_completion=False)
 

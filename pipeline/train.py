@@ -8,11 +8,11 @@ import torch
 import typer
 from dvclive import Live
 
-from chitchat.checkpoint import CHECKPOINT_NAME, HF_DIR, save_checkpoint
-from chitchat.io import atomic_dir, config_from, load_params, section, write_json
+from chitchat.answering.checkpoint import CHECKPOINT_NAME, HF_DIR, save_checkpoint
+from chitchat.core.io import atomic_dir, config_from, load_params, section, write_json
 from chitchat.models import ModelConfig, build_model
-from chitchat.stage import progress_bar, stage_errors
-from chitchat.tokenizer import Tokenizer
+from chitchat.core.stage import progress_bar, stage_errors
+from chitchat.text.tokenizer import Tokenizer
 from chitchat.training.batching import encode_pairs, encode_text_windows
 from chitchat.training import distributed
 from chitchat.training.loop import TrainConfig, seed_everything, train

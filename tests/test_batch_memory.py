@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chitchat.batch_memory import BATCH_CONF, batch_conf
+from chitchat.core.batch_memory import BATCH_CONF, batch_conf
 
 REPO = Path(__file__).resolve().parents[1]
 POLARS_DEFAULT = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what polars/__init__.py puts there
@@ -35,8 +35,8 @@ def test_data_stages_configure_the_allocator_before_polars_loads(script):
 
     env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
     order = _import_order(script, env)
-    assert "chitchat.batch_memory" in order and "polars" in order
-    assert order.index("chitchat.batch_memory") < order.index("polars")
+    assert "chitchat.core.batch_memory" in order and "polars" in order
+    assert order.index("chitchat.core.batch_memory") < order.index("polars")
 
 
 def test_polars_in_a_stage_gets_the_batch_settings_even_under_a_parent_that_loaded_polars():
@@ -46,6 +46,6 @@ def test_polars_in_a_stage_gets_the_batch_settings_even_under_a_parent_that_load
 
     env = dict(os.environ)
     assert env["_RJEM_MALLOC_CONF"].startswith(POLARS_DEFAULT)
-    code = "import chitchat.batch_memory, polars, os; print(os.environ['_RJEM_MALLOC_CONF'])"
+    code = "import chitchat.core.batch_memory, polars, os; print(os.environ['_RJEM_MALLOC_CONF'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip().endswith(BATCH_CONF)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from chitchat.serve.bot import NO_CATEGORY, ChatBot, Redact, parse_option
 from chitchat.cli import app as cli_app
-from chitchat.decoding import DecodingConfig
+from chitchat.answering.decoding import DecodingConfig
 from test_inference import PAIRS, service, tiny_model  # noqa: F401  (module-scoped fixtures)
 
 TOKEN = "123456:TEST-token-never-printed"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from chitchat.decoding import (DecodingConfig, Hypothesis, beam_search, generate, greedy, length_penalty,
+from chitchat.answering.decoding import (DecodingConfig, Hypothesis, beam_search, generate, greedy, length_penalty,
                                sample, select_cache, select_encoded, top_k_filter, top_p_filter)
 from chitchat.models import ModelConfig, build_model
 from chitchat.models.base import Encoded, Seq2Seq

@@ -5,7 +5,7 @@ from chitchat.data.dedup import NEAR_RULES, DedupConfig, NearKeyConfig, dedup_pa
 from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.split import SplitConfig, split_pairs
 from chitchat.data.normalize import match_key
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 
 def pairs(rows):
@@ -176,7 +176,7 @@ def test_split_too_few_questions_is_an_input_error():
 
 
 def test_a_misspelled_param_stops_the_stage():
-    from chitchat.io import config_from
+    from chitchat.core.io import config_from
 
     with pytest.raises(ValueError, match="unknown dedup params: max_per_questoin"):
         config_from(DedupConfig, {"max_per_questoin": 3}, "dedup")

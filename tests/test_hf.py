@@ -16,11 +16,11 @@ import torch
 import transformers  # the `hf` extra, also in `dev`: these tests run in CI, never skip
 import yaml
 
-from chitchat.checkpoint import load_checkpoint
-from chitchat.decoding import DecodingConfig, generate
-from chitchat.errors import InputError
-from chitchat.hf_tokenizer import INSTALL_HINT, import_transformers
-from chitchat.inference import ChatService
+from chitchat.answering.checkpoint import load_checkpoint
+from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.core.errors import InputError
+from chitchat.text.hf_tokenizer import INSTALL_HINT, import_transformers
+from chitchat.answering.service import ChatService
 from chitchat.models import ModelConfig, build_model
 from chitchat.models.hf import load_pretrained
 from chitchat.training.batching import collate, encode_pairs

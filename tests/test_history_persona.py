@@ -15,19 +15,19 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 
-from chitchat.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from chitchat.answering.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from chitchat.cli import ChatSession
 from chitchat.data.sources import InputSpec, detect_format, read_inputs
-from chitchat.decoding import DecodingConfig, generate
-from chitchat.errors import InputError
-from chitchat.evaluation import EvalConfig, evaluate_model, examples_markdown, generate_answers
-from chitchat.inference import MAX_HISTORY_TURNS, ChatService, RequestError
+from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.core.errors import InputError
+from chitchat.evaluation.evaluate import EvalConfig, evaluate_model, examples_markdown, generate_answers
+from chitchat.answering.service import MAX_HISTORY_TURNS, ChatService, RequestError
 from chitchat.models import ModelConfig, build_model
 from chitchat.models.layers import TurnEmbedding
-from chitchat.prompt import encode_sources
+from chitchat.text.prompt import encode_sources
 from chitchat.serve import limits
 from chitchat.serve.app import create_app
-from chitchat.tokenizer import train_tokenizer
+from chitchat.text.tokenizer import train_tokenizer
 from chitchat.training.batching import collate, encode_pairs
 from chitchat.training.loop import target_nll
 from conftest import REPO

@@ -23,7 +23,7 @@ from chitchat.data import readers
 from chitchat.data.normalize import _rare_chars_rs, normalize_series, normalize_text
 from chitchat.data.readers import ReadReport, iter_line_chunks, iter_lines, parse_qa_lines, read_qa_jsonl
 from chitchat.data.sources import InputSpec, read_inputs
-from chitchat.io import atomic_path
+from chitchat.core.io import atomic_path
 from conftest import REPO
 
 GOOD = {"question": "Как дела у тебя?", "category": "Юмор", "responses": ["Нормально, спасибо", "Отлично"]}

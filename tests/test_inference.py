@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chitchat.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from chitchat.decoding import DecodingConfig
-from chitchat.errors import InputError
-from chitchat.inference import MAX_QUESTION_CHARS, ChatService, RequestError
+from chitchat.answering.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from chitchat.answering.decoding import DecodingConfig
+from chitchat.core.errors import InputError
+from chitchat.answering.service import MAX_QUESTION_CHARS, ChatService, RequestError
 from chitchat.models import ModelConfig, build_model
-from chitchat.tokenizer import train_tokenizer
+from chitchat.text.tokenizer import train_tokenizer
 
 MAX_SRC_LEN = 12  # small, so a sentence or two already gets truncated
 PAIRS = {

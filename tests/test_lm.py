@@ -1,5 +1,5 @@
 """Style continuation (model.task lm): the decoder-only transformer, the `text` reader, training
-windows, decoding through chitchat.decoding, the stages end to end and `chitchat continue`."""
+windows, decoding through chitchat.answering.decoding, the stages end to end and `chitchat continue`."""
 
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from chitchat.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from chitchat.answering.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from chitchat.cli import app
-from chitchat.continuation import continue_texts
+from chitchat.answering.continuation import continue_texts
 from chitchat.data.dedup import DedupConfig, dedup_pairs
 from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.sources import TEXT_MARKER, InputSpec, read_inputs
 from chitchat.data.split import SplitConfig, split_pairs
-from chitchat.decoding import DecodingConfig, generate
-from chitchat.errors import InputError
+from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.core.errors import InputError
 from chitchat.models import ModelConfig, build_model
-from chitchat.tokenizer import train_tokenizer
+from chitchat.text.tokenizer import train_tokenizer
 from chitchat.training.batching import encode_text_windows
 from chitchat.training.loop import TrainConfig, train
 from conftest import REPO
@@ -174,7 +174,7 @@ def lm_dir(tmp_path_factory) -> Path:
 
 
 def test_a_tiny_lm_learns_the_text_and_generate_continues_it(lm_dir):
-    from chitchat.checkpoint import load_checkpoint, load_tokenizer
+    from chitchat.answering.checkpoint import load_checkpoint, load_tokenizer
 
     model, ckpt = load_checkpoint(lm_dir)
     tok = load_tokenizer(lm_dir, ckpt)

@@ -5,9 +5,9 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
-from chitchat import metrics as M
+from chitchat.evaluation import metrics as M
 from chitchat.models.base import Encoded, Seq2Seq
-from chitchat.training.batching import Example
+from chitchat.text.prompt import Example
 from chitchat.training.loop import corpus_nll
 
 HYPS = ["Привет, как дела?", "Всё хорошо — спасибо!", "не знаю…", "«Ёлки» это ель"]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from chitchat.io import config_from
-from chitchat.checkpoint import load_checkpoint, save_checkpoint
+from chitchat.core.io import config_from
+from chitchat.answering.checkpoint import load_checkpoint, save_checkpoint
 from chitchat.models import ModelConfig, build_model
 from chitchat.training.loop import target_nll
 

@@ -5,7 +5,7 @@ import pytest
 
 from chitchat.data.sources import InputSpec, read_inputs
 from chitchat.data.readers import ReadReport, read_qa_jsonl
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 from conftest import write_jsonl
 
 

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import yaml
 
-from chitchat.report import ReportConfig, data_report, frequency_rank
-from chitchat.tokenizer import SPECIALS, UNKNOWN_CATEGORY, Tokenizer, category_token, train_tokenizer
+from chitchat.evaluation.data_report import ReportConfig, data_report, frequency_rank
+from chitchat.text.tokenizer import SPECIALS, UNKNOWN_CATEGORY, Tokenizer, category_token, train_tokenizer
 from conftest import REPO
 
 WORDS = ["a", "b", "c"]

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from chitchat.data.sources import InputSpec, detect_format, parse_inputs, read_inputs
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 from conftest import ANEKDOT, write_jsonl
 
 DIALOGUES = """- Ты куда несёшь телевизор?

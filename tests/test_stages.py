@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import yaml
 
-from chitchat.io import atomic_path, write_json
+from chitchat.core.io import atomic_path, write_json
 from conftest import REPO, write_jsonl
 
 
@@ -99,7 +99,7 @@ def test_metrics_json_is_ascii_for_dvc(tmp_path):
 
 RUN_STAGE_APP = '''
 import sys, typer
-from chitchat.stage import run_stage
+from chitchat.core.stage import run_stage
 app = typer.Typer(add_completion=False)
 
 @app.command()

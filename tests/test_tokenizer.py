@@ -1,6 +1,6 @@
 import pytest
 
-from chitchat.tokenizer import SPECIALS, Tokenizer, train_tokenizer
+from chitchat.text.tokenizer import SPECIALS, Tokenizer, train_tokenizer
 
 CORPUS = [
     "Привет, как дела?", "«Ёлки-палки» — сказал он… и ушёл 😂", "нормально))) а у тебя?",

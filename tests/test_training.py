@@ -3,9 +3,10 @@ import random
 import pytest
 import torch
 
-from chitchat.io import config_from
+from chitchat.core.io import config_from
 from chitchat.models import ModelConfig, build_model
-from chitchat.training.batching import Example, collate, token_budget_batches
+from chitchat.text.prompt import Example
+from chitchat.training.batching import collate, token_budget_batches
 from chitchat.training.loop import TrainConfig, backward_window, lr_factor, train
 
 PAD, BOS, EOS, VOCAB = 0, 2, 3, 30

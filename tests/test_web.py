@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from chitchat.cli import app as cli_app
-from chitchat.decoding import DecodingConfig
-from chitchat.inference import MAX_QUESTION_CHARS, ChatService
+from chitchat.answering.decoding import DecodingConfig
+from chitchat.answering.service import MAX_QUESTION_CHARS, ChatService
 from chitchat.serve import limits
 from chitchat.serve.app import DecodingOptions, create_app, running_server
 from test_inference import PAIRS, service, tiny_model  # noqa: F401  (module-scoped fixtures)

@@ -19,8 +19,8 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from chitchat.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
-from chitchat.errors import InputError
+from chitchat.answering.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
+from chitchat.core.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Talk to a chit-chat model trained by the pipeline (`dvc repro`).")
@@ -69,7 +69,7 @@ def _errors() -> Iterator[None]:
 
 def _load(model: Path, device: str = "cpu"):
     """The service, imported here so `chitchat --help` does not pay for the model code."""
-    from chitchat.inference import ChatService
+    from chitchat.answering.service import ChatService
 
     return ChatService.load(model, device)
 
@@ -143,7 +143,7 @@ MaxNewText = Annotated[int, typer.Option("--max-new-tokens", help="longest conti
 
 def _load_lm(model: Path, device: str = "cpu"):
     """The continuation service of a language model (model.task lm), imported here like _load."""
-    from chitchat.continuation import ContinuationService
+    from chitchat.answering.continuation import ContinuationService
 
     return ContinuationService.load(model, device)
 
@@ -343,7 +343,7 @@ class ChatSession:
         reply = self.service.reply(question, self.category, self.decoding, self.history)
         _print_answers(reply.answers, "bot> ")
         _truncation_note(reply)
-        from chitchat.inference import MAX_HISTORY_TURNS  # the service is loaded: torch is imported already
+        from chitchat.answering.service import MAX_HISTORY_TURNS  # the service is loaded: torch is imported already
 
         self.history += [question, reply.answers[0].text if reply.answers else ""]
         del self.history[:-MAX_HISTORY_TURNS]  # the oldest turns go; the model reads only its max_history

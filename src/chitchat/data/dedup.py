@@ -13,7 +13,7 @@ from typing import Callable
 
 import polars as pl
 
-from chitchat.io import config_from
+from chitchat.core.io import config_from
 from chitchat.data.normalize import lower_yo, match_key, spaced_words
 
 # A sentence end (. ! ? …, a run of them) followed by a space or the end, after at least one

@@ -38,7 +38,7 @@ from typing import IO, Callable, Iterable, Iterator, TypeVar
 import polars as pl
 from isal import igzip, isal_zlib
 
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 MAX_EXAMPLE_LINES = 5
 CHUNK_BYTES = 16 << 20  # decompressed bytes parsed at a time: bounds memory, amortizes each polars call

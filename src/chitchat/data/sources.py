@@ -39,7 +39,7 @@ import polars as pl
 from chitchat.data.normalize import normalize_series, normalize_text
 from chitchat.data.readers import (PARSE_WORKERS, WHITESPACE_ONLY, LineChunk, ReadReport, iter_line_chunks,
                                    iter_lines, nonblank_lines, note_chunk, ordered_map, qa_chunk)
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 FORMATS = ("auto", "qa_jsonl", "pairs_tsv", "dialogues", "speakers", "text")
 CONDITION_FIELDS = ("category", "speaker")  # what the category column (and so the model's lead token) holds

@@ -15,7 +15,7 @@ import polars as pl
 
 from chitchat.data.dedup import GROUP, question_runs
 from chitchat.data.normalize import match_key
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 SPLITS = ("train", "valid", "test")
 RARE = "__rare__"

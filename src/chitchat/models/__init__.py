@@ -1,4 +1,7 @@
-"""Model zoo behind one factory: `build_model(ModelConfig)`."""
+"""Models: the zoo behind one interface (Seq2Seq) and one factory, `build_model(ModelConfig)`.
+
+May import chitchat.core and chitchat.text; never answering, training, evaluation or serving.
+"""
 
 from chitchat.models.base import Encoded, Seq2Seq
 from chitchat.models.config import MODEL_TYPES, ModelConfig

@@ -1,13 +1,13 @@
 """Model type `hf`: a pretrained Hugging Face causal LM (GPT-2 family, ruGPT-3, ...) behind the
 Seq2Seq interface, fine-tuned in full or through a LoRA adapter (peft).
 
-The prompt (see chitchat.hf_tokenizer) is the source: `encode` runs it once and keeps its keys and
+The prompt (see chitchat.text.hf_tokenizer) is the source: `encode` runs it once and keeps its keys and
 values; the target `<bos> answer <eos>` is decoded on top of that cache. Prompts come right-padded:
 pad keys are masked out and every row's positions go on from its own prompt length, so a row's
 logits do not depend on what it is batched with. The cache is a tuple of per-layer (key, value)
 tensors with the batch first, so decoding reorders it like any other model's.
 
-transformers and peft are imported only here and in chitchat.hf_tokenizer (the `hf` extra).
+transformers and peft are imported only here and in chitchat.text.hf_tokenizer (the `hf` extra).
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from typing import Iterable
 
 import torch
 
-from chitchat.decoding import DecodingConfig
-from chitchat.errors import InputError
-from chitchat.hf_tokenizer import (CONDITION_LINES, INSTALL_HINT, HFTokenizer, check_pretrained_dir,
+from chitchat.core.errors import InputError
+from chitchat.text.hf_tokenizer import (CONDITION_LINES, INSTALL_HINT, HFTokenizer, check_pretrained_dir,
                                    import_transformers)
-from chitchat.inference import ChatService, RequestError
-from chitchat.models.base import Encoded, Seq2Seq, right_pad
+from chitchat.models.base import Encoded, Seq2Seq
 from chitchat.models.config import ModelConfig
 
 Past = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (key, value): (batch, heads, len, head_dim)
@@ -158,22 +156,3 @@ def load_hf_model(directory: str | Path, cfg: ModelConfig, device: str | torch.d
     model = HFCausalLM(_load_lm(directory, cfg.vocab_size), cfg)
     return model.to(device).eval()
 
-
-class HFChatService(ChatService):
-    """ChatService for model type hf: the prompt is text (chitchat.hf_tokenizer), not category tokens."""
-
-    def check_decoding(self, decoding: DecodingConfig) -> DecodingConfig:
-        decoding = super().check_decoding(decoding)
-        # absolute position tables (GPT-2) end: prompt + <bos> + answer must fit
-        limit = getattr(self.model.lm.config, "max_position_embeddings", None)
-        if limit and self.max_src_len + 1 + decoding.max_new_tokens > limit:
-            raise RequestError(f"decoding.max_new_tokens must be at most {limit - self.max_src_len - 1} "
-                               f"for this model, got {decoding.max_new_tokens}")
-        return decoding
-
-    def _encode(self, texts: list[str], names: list[str | None], histories=None):
-        """Right-padded prompts (batch, src_len), whether each question was cut, prompt lengths."""
-        tok = self.tokenizer
-        names = [name if self.conditioned else None for name in names]
-        rows = tok.encode_sources(texts, names, histories or [None] * len(texts), self.max_src_len)
-        return right_pad([ids for ids, _ in rows], tok.pad_id), [cut for _, cut in rows], [len(ids) for ids, _ in rows]

@@ -1,5 +1,5 @@
 """Decoder-only transformer language model (`model.task: lm`) from our own layers (layers.py),
-behind the Seq2Seq interface so that chitchat.decoding continues text with it unchanged.
+behind the Seq2Seq interface so that chitchat.answering.decoding continues text with it unchanged.
 
 The prompt is the source. `encode` runs it once under a causal mask and keeps every layer's keys
 and values and the logits after its last token; `decode_step` feeds one token at a time on top of

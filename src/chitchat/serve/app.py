@@ -23,8 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 
-from chitchat.decoding import DecodingConfig
-from chitchat.inference import ChatService, RequestError
+from chitchat.answering.decoding import DecodingConfig
+from chitchat.answering.service import ChatService, RequestError
 from chitchat.serve import limits
 from chitchat.serve.batcher import Batcher
 

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import anyio.to_thread
 
-from chitchat.decoding import DecodingConfig
-from chitchat.inference import ChatService, Reply, RequestError
+from chitchat.answering.decoding import DecodingConfig
+from chitchat.answering.service import ChatService, Reply, RequestError
 
 
 @dataclass

@@ -19,8 +19,8 @@ from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import BotCommand, KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove
 from aiogram.utils.token import TokenValidationError, validate_token
 
-from chitchat.decoding import OPTION_TYPES, STRATEGIES, DecodingConfig, parse_option_value
-from chitchat.inference import ChatService, RequestError
+from chitchat.answering.decoding import OPTION_TYPES, STRATEGIES, DecodingConfig, parse_option_value
+from chitchat.answering.service import ChatService, RequestError
 from chitchat.serve import limits
 from chitchat.serve.batcher import Batcher
 

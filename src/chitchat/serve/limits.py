@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from chitchat.decoding import DecodingConfig
-from chitchat.inference import MAX_HISTORY_TURNS, MAX_QUESTION_CHARS, RequestError
+from chitchat.answering.decoding import DecodingConfig
+from chitchat.answering.service import MAX_HISTORY_TURNS, MAX_QUESTION_CHARS, RequestError
 
 # decoding option -> (smallest, largest) a request may set, both inclusive
 BOUNDS: dict[str, tuple[float, float]] = {

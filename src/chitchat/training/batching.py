@@ -8,30 +8,21 @@ batch order is still random.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Sequence
 
 import polars as pl
 import torch
 
 from chitchat.models.base import right_pad
-from chitchat.prompt import encode_sources
-from chitchat.tokenizer import Tokenizer
+from chitchat.text.prompt import Example, encode_sources
+from chitchat.text.tokenizer import Tokenizer
 
 POOL_BATCHES = 50  # batches' worth of examples sorted together: larger pools pad less, shuffle less
 
 
-@dataclass(frozen=True)
-class Example:
-    """src = [category] (history turns, each ended by <sep>) question [eos]; tgt = [bos] answer [eos]."""
-
-    src: list[int]
-    tgt: list[int]
-
-
 def encode_pairs(df: pl.DataFrame, tok: Tokenizer, max_src_len: int, max_tgt_len: int,
                  condition: bool = True, max_history: int | None = None) -> list[Example]:
-    """Encode a pairs table; sources are built by chitchat.prompt, answers cut to max_tgt_len.
+    """Encode a pairs table; sources are built by chitchat.text.prompt, answers cut to max_tgt_len.
 
     Without `condition` every source starts with the same unknown-category token, so the model
     cannot tell categories apart (the baseline for measuring what conditioning adds). The `history`
@@ -40,7 +31,7 @@ def encode_pairs(df: pl.DataFrame, tok: Tokenizer, max_src_len: int, max_tgt_len
     """
     if "history" in df.columns and max_history is not None:
         df = df.with_columns(pl.col("history").list.tail(max(0, max_history)))
-    if getattr(tok, "kind", None) == "hf":  # a pretrained LM reads a text prompt: chitchat.hf_tokenizer
+    if getattr(tok, "kind", None) == "hf":  # a pretrained LM reads a text prompt: chitchat.text.hf_tokenizer
         return tok.encode_examples(df, max_src_len, max_tgt_len, condition)
     histories = df["history"].to_list() if "history" in df.columns else None
     sources = encode_sources(tok, df["question"].to_list(), df["category"].to_list(), histories, max_src_len,

@@ -18,9 +18,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from chitchat.io import atomic_path
+from chitchat.core.io import atomic_path
 from chitchat.models.base import Seq2Seq
-from chitchat.training.batching import Example, collate, token_budget_batches
+from chitchat.text.prompt import Example
+from chitchat.training.batching import collate, token_budget_batches
 from chitchat.training.precision import PRECISIONS, Precision, resolve_precision
 
 

@@ -17,6 +17,14 @@ from typing import Sequence
 
 
 @dataclass(frozen=True)
+class Example:
+    """One training pair as ids: src = the source above; tgt = [bos] answer [eos]."""
+
+    src: list[int]
+    tgt: list[int]
+
+
+@dataclass(frozen=True)
 class Source:
     """One encoded source and what truncation did to it."""
 
@@ -51,7 +59,7 @@ def build_source(lead: int, question: list[int], turns: Sequence[list[int]], sep
 def encode_sources(tok, questions: Sequence[str], categories: Sequence[str | None],
                    histories: Sequence[Sequence[str] | None] | None, max_len: int,
                    max_history: int | None = None, condition: bool = True) -> list[Source]:
-    """Encode many sources at once with `tok` (chitchat.tokenizer.Tokenizer); texts as given.
+    """Encode many sources at once with `tok` (chitchat.text.tokenizer.Tokenizer); texts as given.
 
     A None or empty category, or `condition` False, leads with the unknown-category token.
     `max_history` None keeps every turn given (training data: prepare already capped them).

@@ -1,4 +1,4 @@
-"""A Hugging Face tokenizer with the face of `chitchat.tokenizer.Tokenizer`, and the text prompt of
+"""A Hugging Face tokenizer with the face of `chitchat.text.tokenizer.Tokenizer`, and the text prompt of
 model type `hf`.
 
 A pretrained causal LM has no category tokens, so the source is text it can read:
@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
+from chitchat.text.prompt import Example
 
 KIND = "hf"
 META_FILE = "chitchat_meta.json"  # beside the HF tokenizer files: categories and the prompt format
@@ -144,12 +145,10 @@ class HFTokenizer:
         return self.encode_sources([question], [category], [history], max_len)[0]
 
     def encode_examples(self, df, max_src_len: int, max_tgt_len: int, condition: bool = True) -> list:
-        """training.batching.Example per row of a pairs table: src = prompt, tgt = <bos> answer <eos>.
+        """chitchat.text.prompt.Example per row of a pairs table: src = prompt, tgt = <bos> answer <eos>.
 
         Uses the `history` list column when there is one (prepare.max_history turns per pair).
         """
-        from chitchat.training.batching import Example
-
         histories = df["history"].to_list() if "history" in df.columns else [None] * df.height
         categories = df["category"].to_list() if condition else [None] * df.height
         sources = self.encode_sources(df["question"].to_list(), categories, histories, max_src_len)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 PAD, UNK, BOS, EOS, SEP = "<pad>", "<unk>", "<bos>", "<eos>", "<sep>"
 SPECIALS = [PAD, UNK, BOS, EOS, SEP]  # ids 0..4 in both backends

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, NoReturn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 
 @contextlib.contextmanager

@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 import polars as pl
 import torch
 
-from chitchat import metrics as M
-from chitchat.continuation import continue_texts
-from chitchat.decoding import DecodingConfig, generate
-from chitchat.io import config_from
+from chitchat.evaluation import metrics as M
+from chitchat.answering.continuation import continue_texts
+from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.core.io import config_from
 from chitchat.models.base import Seq2Seq
-from chitchat.tokenizer import Tokenizer
+from chitchat.text.tokenizer import Tokenizer
 from chitchat.training.batching import collate, encode_pairs, encode_text_windows
 from chitchat.training.loop import corpus_nll
 
@@ -47,7 +47,7 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
     """The best answer per question (decoded to text), in the order of `questions`.
 
     `histories` gives each question's earlier turns (oldest first); sources are built as in
-    training (chitchat.prompt). Nucleus sampling draws from one generator per batch seeded by
+    training (chitchat.text.prompt). Nucleus sampling draws from one generator per batch seeded by
     `decoding.seed`, so the same params give the same answers.
     """
     frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories,

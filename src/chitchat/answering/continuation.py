@@ -3,7 +3,7 @@
 `chitchat continue` sits on ContinuationService, and evaluate's examples on `continue_texts`. A
 prompt is normalized as prepare normalized the training paragraphs, then read as the start of a
 paragraph: BOS and its tokens. A prompt longer than the model's context keeps only its end, as
-training windows start mid-paragraph. The decoding options are chitchat.decoding's, unchanged.
+training windows start mid-paragraph. The decoding options are chitchat.answering.decoding's, unchanged.
 Every bad request raises RequestError (a ValueError) with one line fit to show a user.
 """
 
@@ -16,13 +16,13 @@ from typing import Sequence
 
 import torch
 
-from chitchat.checkpoint import load_checkpoint, load_tokenizer
+from chitchat.answering.checkpoint import load_checkpoint, load_tokenizer
 from chitchat.data.normalize import normalize_text
-from chitchat.decoding import DecodingConfig, generate
-from chitchat.errors import InputError
-from chitchat.inference import RequestError, resolve_device
+from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.core.errors import InputError
+from chitchat.answering.service import RequestError, resolve_device
 from chitchat.models.base import Seq2Seq, right_pad
-from chitchat.tokenizer import Tokenizer
+from chitchat.text.tokenizer import Tokenizer
 
 MAX_PROMPT_CHARS = 20_000  # longer requests are refused: only the model's context is read anyway
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator, TypeVar
 
 import yaml
 
-from chitchat.errors import InputError
+from chitchat.core.errors import InputError
 
 
 # How the data stages write their tables: zstd at its fastest level. The tables are written once per

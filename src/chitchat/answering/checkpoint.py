@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from chitchat.errors import InputError
-from chitchat.io import atomic_path
+from chitchat.core.errors import InputError
+from chitchat.core.io import atomic_path
 from chitchat.models import ModelConfig, Seq2Seq, build_model
-from chitchat.tokenizer import Tokenizer
+from chitchat.text.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "model.pt"
 HF_DIR = "hf"  # model type hf: data/model/hf holds the fine-tuned model and its tokenizer
@@ -56,7 +56,7 @@ def load_tokenizer(model_dir: str | Path, ckpt: dict):
     model_dir = Path(model_dir)
     directory = (model_dir if model_dir.is_dir() else model_dir.parent) / ckpt.get("tokenizer_dir", "tokenizer")
     if ckpt["model_config"].get("type") == "hf":
-        from chitchat.hf_tokenizer import HFTokenizer
+        from chitchat.text.hf_tokenizer import HFTokenizer
 
         return HFTokenizer.load(directory)
     return Tokenizer.load(directory)

@@ -13,13 +13,13 @@ from typing import Sequence
 
 import torch
 
-from chitchat.checkpoint import load_checkpoint, load_tokenizer
+from chitchat.answering.checkpoint import load_checkpoint, load_tokenizer
 from chitchat.data.normalize import normalize_text
-from chitchat.decoding import DecodingConfig, generate
-from chitchat.errors import InputError
+from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.core.errors import InputError
 from chitchat.models.base import Seq2Seq, right_pad
-from chitchat.prompt import encode_sources
-from chitchat.tokenizer import Tokenizer
+from chitchat.text.prompt import encode_sources
+from chitchat.text.tokenizer import Tokenizer
 
 MAX_QUESTION_CHARS = 1000  # longer requests are refused, not truncated: nobody types that much
 MAX_HISTORY_TURNS = 20  # earlier turns a conversation keeps (CLI, web page, bot); the model sees its max_history
@@ -85,7 +85,7 @@ class ChatService:
     def load(cls, model_dir: str | Path = "data/model", device: str = "auto") -> "ChatService":
         """Read `model_dir` as the train stage writes it: model.pt plus the tokenizer folder.
 
-        Raises chitchat.errors.InputError when there is no trained model there.
+        Raises chitchat.core.errors.InputError when there is no trained model there.
         """
         dev = resolve_device(device)
         model, ckpt = load_checkpoint(model_dir, dev)
@@ -93,8 +93,6 @@ class ChatService:
             raise InputError(model_dir, "this is a style-continuation model (model.task lm): use `chitchat continue`")
         tokenizer = load_tokenizer(model_dir, ckpt)
         if ckpt["model_config"]["type"] == "hf":  # a fine-tuned pretrained LM: its prompt is text
-            from chitchat.models.hf import HFChatService
-
             cls = HFChatService
         prepare = ckpt.get("prepare") or {}  # older checkpoints do not record it: prepare's defaults
         return cls(model, tokenizer, int(ckpt["max_src_len"]), dev,
@@ -199,9 +197,29 @@ class ChatService:
 
     def _encode(self, texts: list[str], names: list[str | None], histories: list[list[str]] | None = None
                 ) -> tuple[torch.Tensor, list[bool], list[int]]:
-        """Right-padded sources (batch, src_len) as training built them (chitchat.prompt):
+        """Right-padded sources (batch, src_len) as training built them (chitchat.text.prompt):
         [category] turn <sep> ... <sep> question [eos], cut to max_src_len from the oldest side."""
         tok = self.tokenizer
         sources = encode_sources(tok, texts, names, histories, self.max_src_len, self.max_history, self.conditioned)
         rows, truncated = [s.ids for s in sources], [s.truncated for s in sources]
         return right_pad(rows, tok.pad_id), truncated, [len(r) for r in rows]
+
+
+class HFChatService(ChatService):
+    """ChatService for model type hf: the prompt is text (chitchat.text.hf_tokenizer), not category tokens."""
+
+    def check_decoding(self, decoding: DecodingConfig) -> DecodingConfig:
+        decoding = super().check_decoding(decoding)
+        # absolute position tables (GPT-2) end: prompt + <bos> + answer must fit
+        limit = getattr(self.model.lm.config, "max_position_embeddings", None)
+        if limit and self.max_src_len + 1 + decoding.max_new_tokens > limit:
+            raise RequestError(f"decoding.max_new_tokens must be at most {limit - self.max_src_len - 1} "
+                               f"for this model, got {decoding.max_new_tokens}")
+        return decoding
+
+    def _encode(self, texts: list[str], names: list[str | None], histories=None):
+        """Right-padded prompts (batch, src_len), whether each question was cut, prompt lengths."""
+        tok = self.tokenizer
+        names = [name if self.conditioned else None for name in names]
+        rows = tok.encode_sources(texts, names, histories or [None] * len(texts), self.max_src_len)
+        return right_pad([ids for ids, _ in rows], tok.pad_id), [cut for _, cut in rows], [len(ids) for ids, _ in rows]
