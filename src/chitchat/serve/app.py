@@ -111,6 +111,20 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
     app = FastAPI(title="chitchat", version="0.1.0",
                   description="Russian chit-chat seq2seq model trained by the chitchat DVC pipeline.")
     app.state.service, app.state.batcher = service, batcher
+    _add_error_handlers(app)
+    _add_body_cap(app)
+    _add_api(app, service, batcher)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON with a one-line `detail`: 422 for a bad request, 500 without a traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -135,6 +149,10 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
                             status_code=500)
 
+
+def _add_body_cap(app: FastAPI) -> None:
+    """Refuse a body over MAX_BODY_BYTES by its Content-Length, before it is read."""
+
     @app.middleware("http")
     async def cap_body(request: Request, call_next):
         size = request.headers.get("content-length", "0")
@@ -143,6 +161,10 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
         if int(size) > MAX_BODY_BYTES:
             return JSONResponse({"detail": f"the body must be at most {MAX_BODY_BYTES} bytes"}, status_code=413)
         return await call_next(request)
+
+
+def _add_api(app: FastAPI, service: ChatService, batcher: Batcher) -> None:
+    """The JSON API (/api/*) and /health."""
 
     @app.post("/api/answer", response_model=AnswerResponse, responses={422: {"description": "bad request"}})
     async def answer(body: AnswerRequest) -> AnswerResponse:
@@ -176,13 +198,6 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
                                           "categories": len(service.categories), "max_history": service.max_history,
                                           "condition_field": service.condition_field},
                 "busy": batcher.busy, "waiting": len(batcher.waiting), "decoder_calls": batcher.calls}
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 @contextmanager

@@ -1,0 +1,67 @@
+"""`chitchat serve` (the web chat and JSON API) and `chitchat bot` (Telegram); FastAPI, uvicorn and
+aiogram are imported only when a command runs, so `chitchat ask` starts fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chitchat.cli.common import Device, ModelDir, one_line_errors, load_chat_service
+
+MaxBatch = Annotated[int, typer.Option("--max-batch", help="questions answered together in one decoder call at most (1 = one at a time)")]
+Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads for decoding (0 = one fewer than the cores, at least 1)")]
+
+
+def _set_threads(threads: int) -> None:
+    """Leave a core to the event loop: torch's threads spinning on every core stall it (see README)."""
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    model: ModelDir = Path("data/model"),
+    device: Device = "cpu",
+    max_batch: MaxBatch = 16,
+    threads: Threads = 0,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's: critical | error | warning | info | debug")] = "info",
+) -> None:
+    """Serve the chat page and the JSON API (docs at /docs) until Ctrl-C."""
+    with one_line_errors():
+        _set_threads(threads)
+        service = load_chat_service(model, device)
+        from chitchat.serve.app import create_app  # FastAPI only here: `ask` must start fast
+
+        web = create_app(service, max_batch)
+    import uvicorn
+
+    typer.echo(f"chitchat: {model} on http://{host}:{port}/ (API docs: /docs)", err=True)
+    uvicorn.run(web, host=host, port=port, log_level=log_level)
+
+
+def bot(
+    model: ModelDir = Path("data/model"),
+    device: Device = "cpu",
+    max_batch: MaxBatch = 16,
+    threads: Threads = 0,
+) -> None:
+    """Run the Telegram bot until Ctrl-C; the token comes from $TELEGRAM_BOT_TOKEN."""
+    token = os.environ.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if not token:
+        typer.echo("chitchat: error: TELEGRAM_BOT_TOKEN is not set (create a bot with @BotFather and "
+                   "export its token)", err=True)
+        raise typer.Exit(1)
+    with one_line_errors():
+        from chitchat.serve.bot import check_token, run_bot  # aiogram only here
+
+        check_token(token)
+        _set_threads(threads)
+        service = load_chat_service(model, device)
+        run_bot(service, token, max_batch)
