@@ -10,11 +10,11 @@ from dvclive import Live
 
 from chitchat.answering.checkpoint import CHECKPOINT_NAME, HF_DIR, save_checkpoint
 from chitchat.core.io import atomic_dir, config_from, load_params, section, write_json
-from chitchat.models import ModelConfig, build_model
 from chitchat.core.stage import progress_bar, stage_errors
+from chitchat.models import ModelConfig, build_model
 from chitchat.text.tokenizer import Tokenizer
-from chitchat.training.batching import encode_pairs, encode_text_windows
 from chitchat.training import distributed
+from chitchat.training.batching import encode_pairs, encode_text_windows
 from chitchat.training.loop import TrainConfig, seed_everything, train
 
 app = typer.Typer(add_completion=False)
@@ -38,40 +38,16 @@ def main(
     """
     with stage_errors("train"):
         all_params = load_params(params)
-        tcfg = config_from(TrainConfig, section(all_params, "train", params), "train")
-        model_params = section(all_params, "model", params)
-        hf = model_params.get("type") == "hf"  # a pretrained LM brings its own tokenizer, see below
-        tok = None if hf else Tokenizer.load(tokenizer_dir)
-        mcfg = config_from(ModelConfig, model_params, "model", **({} if hf else
-                           {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "sep_id": tok.sep_id}))
-        lm = mcfg.task == "lm"  # a language model: the text of `answer` in windows of train.max_tgt_len tokens
-        if lm and tcfg.max_tgt_len > mcfg.max_len:
-            raise ValueError("train.max_tgt_len (the lm window) must not exceed model.max_len")
-        if lm:
-            mcfg = dataclasses.replace(mcfg, context=tcfg.max_tgt_len)  # what the model attends to when generating
-        elif mcfg.type in ("cnn", "transformer") and max(tcfg.max_src_len, tcfg.max_tgt_len) > mcfg.max_len:
-            raise ValueError("train.max_src_len and train.max_tgt_len must not exceed model.max_len")
+        tcfg, mcfg, tok = _configs(all_params, params, tokenizer_dir)
+        context = _text_normalization(all_params)  # recorded in the checkpoint: serving encodes as training did
         ctx, device = distributed.setup(tcfg.device)
         try:
             if device.type == "cpu":
                 torch.use_deterministic_algorithms(True)
             seed_everything(tcfg.seed)
             frames = [pl.read_parquet(split_dir / f"{name}.parquet") for name in ("train", "valid")]
-            if hf:  # model and tokenizer from model.pretrained; data/tokenizer is not used
-                from chitchat.models.hf import load_pretrained
-
-                model, tok = load_pretrained(mcfg, frames[0]["category"].unique().to_list(),
-                                             _text_normalization(all_params)["condition_field"])
-                mcfg = model.cfg
-            else:
-                model = build_model(mcfg)
-            context = _text_normalization(all_params)  # recorded below: serving encodes as training did
-            if lm:
-                train_ex, valid_ex = (encode_text_windows(frame["answer"].to_list(), tok, tcfg.max_tgt_len)
-                                      for frame in frames)
-            else:
-                train_ex, valid_ex = (encode_pairs(frame, tok, tcfg.max_src_len, tcfg.max_tgt_len, mcfg.condition,
-                                                   context["max_history"]) for frame in frames)
+            model, tok, mcfg = _model(mcfg, tok, frames[0], context)
+            train_ex, valid_ex = _examples(frames, tok, tcfg, mcfg, context)
             parameters = {"parameters": model.num_parameters(),  # trainable: the LoRA adapter only, with LoRA
                           "parameters_total": sum(p.numel() for p in model.parameters())}
             result = fit(model, train_ex, valid_ex, tcfg, tok.pad_id, device, ctx, live_dir, resume_file)
@@ -79,41 +55,89 @@ def main(
             distributed.teardown()
         if not ctx.is_main:
             return
-        with atomic_dir(out_dir) as tmp:
-            if hf:  # one Hugging Face folder, LoRA merged: serving needs neither model.pretrained nor peft
-                from chitchat.models.hf import save_hf_model
-
-                save_hf_model(model.cpu(), tok, tmp / HF_DIR)
-            else:
-                tok.save(tmp / "tokenizer")
-            save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir=HF_DIR if hf else "tokenizer",
-                            max_src_len=tcfg.max_src_len, max_tgt_len=tcfg.max_tgt_len,
-                            step=result.best_step, best_valid_loss=result.best_valid_loss,
-                            train_config=vars(tcfg), prepare=context)
-        write_json(metrics, {
-            "model_type": mcfg.type,
-            **({"task": "lm", "window": tcfg.max_tgt_len} if lm else {}),
-            **parameters,
-            **({"pretrained": mcfg.pretrained, "lora_r": mcfg.lora_r} if hf else {}),
-            "device": device.type,
-            "processes": ctx.world,
-            "precision": result.precision,
-            "compiled": tcfg.compile,
-            "steps": result.steps,
-            "epochs": result.epochs,
-            "best_step": result.best_step,
-            "best_valid_loss": result.best_valid_loss,
-            "final_train_loss": result.final_train_loss,
-            "train_tokens": result.train_tokens,
-            "train_examples": len(train_ex),
-            "max_history": context["max_history"],
-            "tokens_per_second": round(result.train_tokens / result.seconds, 1),
-            "seconds": round(result.seconds, 1),
-            "stopped_early": result.stopped_early,
-            "stopped_by_time": result.stopped_by_time,
-            "skipped_steps": result.skipped_steps,
-        })
+        _save(out_dir, model, tok, mcfg, tcfg, result, context)
+        write_json(metrics, _summary(mcfg, tcfg, result, parameters, device, ctx, len(train_ex), context))
         typer.echo(f"train: best valid loss {result.best_valid_loss:.4f} at step {result.best_step}", err=True)
+
+
+def _configs(all_params: dict, params: Path, tokenizer_dir: Path):
+    """TrainConfig, ModelConfig (vocabulary from our tokenizer) and the tokenizer (None for hf)."""
+    tcfg = config_from(TrainConfig, section(all_params, "train", params), "train")
+    model_params = section(all_params, "model", params)
+    hf = model_params.get("type") == "hf"  # a pretrained LM brings its own tokenizer, see _model
+    tok = None if hf else Tokenizer.load(tokenizer_dir)
+    mcfg = config_from(ModelConfig, model_params, "model", **({} if hf else
+                       {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "sep_id": tok.sep_id}))
+    lm = mcfg.task == "lm"  # a language model: the text of `answer` in windows of train.max_tgt_len tokens
+    if lm and tcfg.max_tgt_len > mcfg.max_len:
+        raise ValueError("train.max_tgt_len (the lm window) must not exceed model.max_len")
+    if lm:
+        mcfg = dataclasses.replace(mcfg, context=tcfg.max_tgt_len)  # what the model attends to when generating
+    elif mcfg.type in ("cnn", "transformer") and max(tcfg.max_src_len, tcfg.max_tgt_len) > mcfg.max_len:
+        raise ValueError("train.max_src_len and train.max_tgt_len must not exceed model.max_len")
+    return tcfg, mcfg, tok
+
+
+def _model(mcfg: ModelConfig, tok, train: pl.DataFrame, context: dict):
+    """The model to train, its tokenizer and config; hf loads both from model.pretrained."""
+    if mcfg.type != "hf":
+        return build_model(mcfg), tok, mcfg
+    from chitchat.models.hf import load_pretrained  # data/tokenizer is not used
+
+    model, tok = load_pretrained(mcfg, train["category"].unique().to_list(), context["condition_field"])
+    return model, tok, model.cfg
+
+
+def _examples(frames: list[pl.DataFrame], tok, tcfg: TrainConfig, mcfg: ModelConfig, context: dict):
+    """Train and valid examples: windows of text for lm, (source, answer) pairs otherwise."""
+    if mcfg.task == "lm":
+        return (encode_text_windows(frame["answer"].to_list(), tok, tcfg.max_tgt_len) for frame in frames)
+    return (encode_pairs(frame, tok, tcfg.max_src_len, tcfg.max_tgt_len, mcfg.condition, context["max_history"])
+            for frame in frames)
+
+
+def _save(out_dir: Path, model, tok, mcfg: ModelConfig, tcfg: TrainConfig, result, context: dict) -> None:
+    """data/model: the checkpoint beside our tokenizer, or beside one Hugging Face folder for hf."""
+    hf = mcfg.type == "hf"
+    with atomic_dir(out_dir) as tmp:
+        if hf:  # one Hugging Face folder, LoRA merged: serving needs neither model.pretrained nor peft
+            from chitchat.models.hf import save_hf_model
+
+            save_hf_model(model.cpu(), tok, tmp / HF_DIR)
+        else:
+            tok.save(tmp / "tokenizer")
+        save_checkpoint(tmp / CHECKPOINT_NAME, model.cpu(), mcfg, tokenizer_dir=HF_DIR if hf else "tokenizer",
+                        max_src_len=tcfg.max_src_len, max_tgt_len=tcfg.max_tgt_len,
+                        step=result.best_step, best_valid_loss=result.best_valid_loss,
+                        train_config=vars(tcfg), prepare=context)
+
+
+def _summary(mcfg: ModelConfig, tcfg: TrainConfig, result, parameters: dict, device, ctx, train_examples: int,
+             context: dict) -> dict:
+    """metrics/train.json."""
+    return {
+        "model_type": mcfg.type,
+        **({"task": "lm", "window": tcfg.max_tgt_len} if mcfg.task == "lm" else {}),
+        **parameters,
+        **({"pretrained": mcfg.pretrained, "lora_r": mcfg.lora_r} if mcfg.type == "hf" else {}),
+        "device": device.type,
+        "processes": ctx.world,
+        "precision": result.precision,
+        "compiled": tcfg.compile,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "best_step": result.best_step,
+        "best_valid_loss": result.best_valid_loss,
+        "final_train_loss": result.final_train_loss,
+        "train_tokens": result.train_tokens,
+        "train_examples": train_examples,
+        "max_history": context["max_history"],
+        "tokens_per_second": round(result.train_tokens / result.seconds, 1),
+        "seconds": round(result.seconds, 1),
+        "stopped_early": result.stopped_early,
+        "stopped_by_time": result.stopped_by_time,
+        "skipped_steps": result.skipped_steps,
+    }
 
 
 def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: distributed.DistContext,

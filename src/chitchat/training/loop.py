@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from chitchat.core.io import atomic_path
 from chitchat.models.base import Seq2Seq
 from chitchat.text.prompt import Example
 from chitchat.training.batching import collate, token_budget_batches
 from chitchat.training.precision import PRECISIONS, Precision, resolve_precision
+from chitchat.training.resume import TrainState, fingerprint, load_resume, save_resume
 
 
 @dataclass(frozen=True)
@@ -169,62 +167,6 @@ def all_sum(value: float, world: int, device: torch.device) -> float:
     return float(t.item())
 
 
-@dataclass
-class TrainState:
-    """Everything besides weights and optimizer that a resumed run needs to go on exactly."""
-
-    epoch: int = 0
-    window: int = 0  # index of the next batch in this epoch's batch list
-    step: int = 0
-    tokens: int = 0
-    train_loss: float = math.nan
-    best_loss: float = math.inf
-    best_step: int = 0
-    best_state: dict | None = None
-    bad_evals: int = 0
-    skipped_steps: int = 0  # fp16 steps skipped because a gradient overflowed
-    history: list = field(default_factory=list)  # (step, values) already logged, replayed on resume
-
-
-def fingerprint(model: Seq2Seq, train_ex: Sequence[Example], cfg: TrainConfig) -> str:
-    """Identifies a run: a resume file from other params or data is ignored, never mixed in."""
-    run = {k: v for k, v in vars(cfg).items() if k != "max_minutes"}
-    data = [len(train_ex), sum(len(e.src) + len(e.tgt) for e in train_ex), train_ex[0] if train_ex else None]
-    text = json.dumps([run, repr(getattr(model, "cfg", None)), repr(data)], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def save_resume(path: Path, fp: str, model, opt, sched, state: TrainState, precision: Precision) -> None:
-    blob = {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": precision.state_dict(), "state": vars(state),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-
-
-def load_resume(path: Path | None, fp: str, model, opt, sched, precision: Precision) -> TrainState | None:
-    """Restore a run killed mid-way, if `path` holds one with the same fingerprint."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a damaged resume file only costs the restart
-        return None
-    if blob.get("fingerprint") != fp:
-        return None
-    model.load_state_dict(blob["model"])
-    opt.load_state_dict(blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    precision.load_state_dict(blob.get("scaler", {}))
-    torch.set_rng_state(blob["torch_rng"])
-    random.setstate(blob["python_rng"])
-    if blob["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
-    return TrainState(**blob["state"])
-
-
 def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Example], cfg: TrainConfig,
           pad_id: int, device: torch.device, log: Callable[[int, dict], None] | None = None,
           progress: Callable[[int, int, dict], None] | None = None,
@@ -241,10 +183,13 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
     `cfg.precision` picks autocast (and a grad scaler for fp16); `cfg.compile` runs the training
     forward and backward through torch.compile (validation and decoding use the plain module).
     """
-    seed_everything(cfg.seed)
-    model.to(device).train()
-    main = rank == 0
-    step_size = cfg.accum_steps * world  # micro-batches per optimizer step, all ranks together
+    run = _Run(model, train_ex, valid_ex, cfg, pad_id, device, log, progress, resume_path, rank, world)
+    run.run_epochs()
+    return run.finish()
+
+
+def _wrap(model: Seq2Seq, cfg: TrainConfig, device: torch.device, world: int):
+    """The module the training steps call: DDP-wrapped when world > 1, compiled when cfg.compile."""
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -252,83 +197,116 @@ def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Exampl
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net, dynamic=True)  # token-budget batches vary in shape: one graph for all
-    precision = resolve_precision(cfg.precision, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed)) / step_size)
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, total_steps))
-    fp = fingerprint(model, train_ex, cfg)
-    st = load_resume(resume_path, fp, model, opt, sched, precision) or TrainState()
-    if not main:
-        log = progress = None
-    for past_step, past_values in st.history:
-        if log:
-            log(past_step, past_values)
+    return net
 
-    def validate() -> float:
+
+class _Run:
+    """One training run's parts (model, optimizer, schedule, state), so each phase is one method."""
+
+    def __init__(self, model, train_ex, valid_ex, cfg: TrainConfig, pad_id: int, device: torch.device,
+                 log, progress, resume_path: Path | None, rank: int, world: int):
+        seed_everything(cfg.seed)
+        model.to(device).train()
+        self.model, self.train_ex, self.valid_ex, self.cfg, self.pad_id = model, train_ex, valid_ex, cfg, pad_id
+        self.device, self.rank, self.world, self.resume_path = device, rank, world, resume_path
+        self.main = rank == 0
+        self.step_size = cfg.accum_steps * world  # micro-batches per optimizer step, all ranks together
+        self.net = _wrap(model, cfg, device, world)
+        self.precision = resolve_precision(cfg.precision, device)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        batches = len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed))
+        self.steps_per_epoch = math.ceil(batches / self.step_size)
+        total_steps = self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg, total_steps))
+        self.fp = fingerprint(model, train_ex, cfg)
+        self.st = load_resume(resume_path, self.fp, model, self.opt, self.sched, self.precision) or TrainState()
+        self.log, self.progress = (log, progress) if self.main else (None, None)
+        for past_step, past_values in self.st.history:
+            if self.log:
+                self.log(past_step, past_values)
+        self.stopped_early = self.stopped_by_time = False
+        self.start = time.perf_counter()
+        self.tokens_at_start = self.st.tokens
+        self.deadline = self.start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+
+    def validate(self) -> float:
         """Rank 0 scores the validation set; every rank gets its number."""
         val = math.nan
-        if main:
-            nll, n = corpus_nll(model, valid_ex, pad_id, cfg.max_tokens, device, precision)
+        if self.main:
+            nll, n = corpus_nll(self.model, self.valid_ex, self.pad_id, self.cfg.max_tokens, self.device,
+                                self.precision)
             val = nll / max(1, n)
-        return broadcast(val, 0, world, device)
+        return broadcast(val, 0, self.world, self.device)
 
-    def record(values: dict) -> None:
-        st.history.append((st.step, values))
-        if log:
-            log(st.step, values)
+    def record(self, values: dict) -> None:
+        self.st.history.append((self.st.step, values))
+        if self.log:
+            self.log(self.st.step, values)
 
-    stopped_early = stopped_by_time = False
-    start = time.perf_counter()
-    tokens_at_start = st.tokens
-    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    def run_epochs(self) -> None:
+        """Optimizer steps until the epochs are done, patience runs out or time is up."""
+        st = self.st
+        while st.epoch < self.cfg.epochs and not (self.stopped_early or self.stopped_by_time):
+            batches = token_budget_batches(self.train_ex, self.cfg.max_tokens, self.cfg.seed + st.epoch)
+            while st.window < len(batches):
+                if self.after_step(self.optimizer_step(batches)):
+                    break
+            else:
+                st.epoch, st.window = st.epoch + 1, 0
 
-    while st.epoch < cfg.epochs and not (stopped_early or stopped_by_time):
-        batches = token_budget_batches(train_ex, cfg.max_tokens, cfg.seed + st.epoch)
-        while st.window < len(batches):
-            window = [collate([train_ex[i] for i in b], pad_id) for b in batches[st.window : st.window + step_size]]
-            nll_sum, n_tokens = backward_window(net, window, pad_id, cfg.label_smoothing, device, rank, world,
-                                                precision)
-            nll_sum = all_sum(nll_sum, world, device)
-            st.skipped_steps += not precision.step(opt, model.parameters(), cfg.clip_norm)
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            st.window += step_size
-            st.step += 1
-            st.tokens += n_tokens
-            st.train_loss = nll_sum / n_tokens
-            values = {"train/loss": st.train_loss, "train/lr": sched.get_last_lr()[0]}
-            out_of_time = bool(broadcast(float(time.perf_counter() > deadline), 0, world, device))
-            if st.step % cfg.eval_every == 0 or out_of_time:
-                values["valid/loss"] = val = validate()
-                if val < st.best_loss:
-                    st.best_loss, st.best_step, st.bad_evals = val, st.step, 0
-                    st.best_state = copy.deepcopy(model.state_dict())
-                else:
-                    st.bad_evals += 1
-            record(values)
-            if progress:
-                speed = (st.tokens - tokens_at_start) / (time.perf_counter() - start)
-                progress(st.step, total_steps, {**values, "tok/s": speed})
-            stopped_early = bool(cfg.patience and st.bad_evals >= cfg.patience)
-            stopped_by_time = out_of_time
-            if stopped_early or stopped_by_time:
-                break
-            if main and resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
-                save_resume(resume_path, fp, model, opt, sched, st, precision)
-        else:
-            st.epoch, st.window = st.epoch + 1, 0
+    def optimizer_step(self, batches: list[list[int]]) -> dict:
+        """One optimizer step over the next window of `batches`; the values it logs."""
+        st, cfg = self.st, self.cfg
+        window = [collate([self.train_ex[i] for i in b], self.pad_id)
+                  for b in batches[st.window : st.window + self.step_size]]
+        nll_sum, n_tokens = backward_window(self.net, window, self.pad_id, cfg.label_smoothing, self.device,
+                                            self.rank, self.world, self.precision)
+        nll_sum = all_sum(nll_sum, self.world, self.device)
+        st.skipped_steps += not self.precision.step(self.opt, self.model.parameters(), cfg.clip_norm)
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        st.window += self.step_size
+        st.step += 1
+        st.tokens += n_tokens
+        st.train_loss = nll_sum / n_tokens
+        return {"train/loss": st.train_loss, "train/lr": self.sched.get_last_lr()[0]}
 
-    if st.step % cfg.eval_every != 0 and not stopped_by_time:  # the last steps were never validated
-        val = validate()
-        record({"valid/loss": val})
-        if val < st.best_loss:
-            st.best_loss, st.best_step, st.best_state = val, st.step, copy.deepcopy(model.state_dict())
-    if st.best_state is not None:
-        model.load_state_dict(st.best_state)
-    if main and resume_path is not None and resume_path.exists():
-        resume_path.unlink()  # finished: a later run must start afresh
-    seconds = time.perf_counter() - start
-    return TrainResult(st.step, round(st.step / max(1, steps_per_epoch), 3), st.best_step, st.best_loss,
-                       st.train_loss, st.tokens - tokens_at_start, seconds, stopped_early, stopped_by_time,
-                       precision.name, st.skipped_steps)
+    def after_step(self, values: dict) -> bool:
+        """Validate when due, log, report progress, save the resume state; True when training stops."""
+        st, cfg = self.st, self.cfg
+        out_of_time = bool(broadcast(float(time.perf_counter() > self.deadline), 0, self.world, self.device))
+        if st.step % cfg.eval_every == 0 or out_of_time:
+            values["valid/loss"] = val = self.validate()
+            if val < st.best_loss:
+                st.best_loss, st.best_step, st.bad_evals = val, st.step, 0
+                st.best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                st.bad_evals += 1
+        self.record(values)
+        if self.progress:
+            speed = (st.tokens - self.tokens_at_start) / (time.perf_counter() - self.start)
+            self.progress(st.step, self.total_steps, {**values, "tok/s": speed})
+        self.stopped_early = bool(cfg.patience and st.bad_evals >= cfg.patience)
+        self.stopped_by_time = out_of_time
+        if self.stopped_early or self.stopped_by_time:
+            return True
+        if self.main and self.resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+            save_resume(self.resume_path, self.fp, self.model, self.opt, self.sched, st, self.precision)
+        return False
+
+    def finish(self) -> TrainResult:
+        """Validate the last steps if they were not, keep the best weights, drop the resume file."""
+        st = self.st
+        if st.step % self.cfg.eval_every != 0 and not self.stopped_by_time:  # the last steps were never validated
+            val = self.validate()
+            self.record({"valid/loss": val})
+            if val < st.best_loss:
+                st.best_loss, st.best_step, st.best_state = val, st.step, copy.deepcopy(self.model.state_dict())
+        if st.best_state is not None:
+            self.model.load_state_dict(st.best_state)
+        if self.main and self.resume_path is not None and self.resume_path.exists():
+            self.resume_path.unlink()  # finished: a later run must start afresh
+        seconds = time.perf_counter() - self.start
+        return TrainResult(st.step, round(st.step / max(1, self.steps_per_epoch), 3), st.best_step, st.best_loss,
+                           st.train_loss, st.tokens - self.tokens_at_start, seconds, self.stopped_early,
+                           self.stopped_by_time, self.precision.name, st.skipped_steps)
