@@ -22,6 +22,7 @@ Then, each in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAG
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import subprocess
@@ -30,12 +31,16 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import typer
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False)
@@ -150,17 +155,30 @@ def generate_dump(folder: Path, questions: int, seed: int) -> tuple[Path, Path]:
 
 def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
     """The course projects' way: json.loads and normalize_text per line, pandas for the rest."""
-    import io
-
-    import pandas as pd
-    from sklearn.model_selection import train_test_split
-
-    from chitchat.data.filters import LINK_ONLY
-    from chitchat.data.normalize import normalize_text
-
+    for module in ("pandas", "sklearn.model_selection", "chitchat.data.filters", "chitchat.data.normalize"):
+        __import__(module)  # before the clock starts: the steps' own imports of them then cost nothing
     params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
     p, d, s = params["prepare"], params["dedup"], params["split"]
     start, phases = time.perf_counter(), {}
+    df = _naive_read(dump, p["missing_category"])
+    pairs_in = len(df)
+    df = _naive_filter(df, p)
+    prepared = len(df)
+    phases["prepare"] = time.perf_counter() - start
+    df = _naive_dedup(df, d["max_per_question"])
+    deduped = len(df)
+    phases["dedup"] = time.perf_counter() - start - phases["prepare"]
+    sizes = _naive_split(df, s, out_dir)
+    phases["split"] = time.perf_counter() - start - phases["prepare"] - phases["dedup"]
+    return {"pairs_in": pairs_in, "prepared": prepared, "deduped": deduped, "split": sizes, "phases": phases}
+
+
+def _naive_read(dump: Path, missing_category: str) -> pd.DataFrame:
+    """(question, category, answer) per string answer of each record: json.loads, normalize_text."""
+    import pandas as pd
+
+    from chitchat.data.normalize import normalize_text
+
     rows = []
     with zipfile.ZipFile(dump) as archive:
         member = next(n for n in archive.namelist() if n.endswith(".jsonl"))
@@ -175,12 +193,17 @@ def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
             if not isinstance(responses, list):
                 continue
             question = normalize_text(obj["question"])
-            category = normalize_text(obj.get("category") or "") or p["missing_category"]
+            category = normalize_text(obj.get("category") or "") or missing_category
             for answer in responses:
                 if isinstance(answer, str):
                     rows.append((question, category, normalize_text(answer)))
-    df = pd.DataFrame(rows, columns=["question", "category", "answer"])
-    pairs_in = len(df)
+    return pd.DataFrame(rows, columns=["question", "category", "answer"])
+
+
+def _naive_filter(df: pd.DataFrame, p: dict) -> pd.DataFrame:
+    """The rows within prepare's length limits whose answer is not a bare link."""
+    from chitchat.data.filters import LINK_ONLY
+
     q_words, a_words = df["question"].str.split().str.len(), df["answer"].str.split().str.len()
     q_chars, a_chars = df["question"].str.len(), df["answer"].str.len()
     keep = ((q_chars >= max(1, p["min_question_chars"])) & (a_chars >= max(1, p["min_answer_chars"]))
@@ -188,10 +211,11 @@ def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
             & (q_words >= p["min_question_words"]) & (q_words <= p["max_question_words"])
             & (a_words >= p["min_answer_words"]) & (a_words <= p["max_answer_words"])
             & ~df["answer"].str.contains(LINK_ONLY, regex=True))
-    df = df[keep]
-    prepared = len(df)
-    phases["prepare"] = time.perf_counter() - start
+    return df[keep]
 
+
+def _naive_dedup(df: pd.DataFrame, max_per_question: int) -> pd.DataFrame:
+    """Without exact duplicates, answers equal to their question (by `qkey`, `akey`), answers over the cap."""
     def key(col: pd.Series) -> pd.Series:
         return (col.str.lower().str.replace("ё", "е").str.replace(r"[^\w\s]", " ", regex=True)
                 .str.replace("_", " ").str.replace(r"\s+", " ", regex=True).str.strip())
@@ -199,9 +223,13 @@ def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
     df = df.drop_duplicates(["question", "answer"])
     df = df.assign(qkey=key(df["question"]), akey=key(df["answer"]))
     df = df[df["qkey"] != df["akey"]]
-    df = df[df.groupby("qkey", sort=False).cumcount() < d["max_per_question"]]
-    deduped = len(df)
-    phases["dedup"] = time.perf_counter() - start - phases["prepare"]
+    return df[df.groupby("qkey", sort=False).cumcount() < max_per_question]
+
+
+def _naive_split(df: pd.DataFrame, s: dict, out_dir: Path) -> dict:
+    """Train, valid and test parquet in `out_dir`, grouped by `qkey`, stratified by category; their sizes."""
+    from sklearn.model_selection import train_test_split
+
     groups = df.groupby("qkey", sort=False)["category"].first()
     counts = groups.map(groups.value_counts())
     strata = groups.where(counts >= 2, "__rare__")
@@ -218,14 +246,13 @@ def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
         part = df[df["qkey"].isin(set(keys))].drop(columns=["qkey", "akey"])
         part.to_parquet(out_dir / f"{name}.parquet")
         sizes[name] = len(part)
-    phases["split"] = time.perf_counter() - start - phases["prepare"] - phases["dedup"]
-    return {"pairs_in": pairs_in, "prepared": prepared, "deduped": deduped, "split": sizes, "phases": phases}
+    return sizes
 
 
 def _read_dump(clean: Path) -> tuple[pl.DataFrame, int]:
     """The records of the clean dump and its size in bytes: the zip member inflated by ISA-L, as
     prepare's reader does (zipfile's zlib takes twice as long), and the NDJSON parsed by polars."""
-    from chitchat.data.readers import open_zip_member
+    from chitchat.data.archives import open_zip_member
 
     with zipfile.ZipFile(clean) as archive, \
             open_zip_member(archive, clean, next(n for n in archive.namelist() if n.endswith(".jsonl"))) as member:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chitchat.data.filters import FilterConfig, apply_filters
-from chitchat.data.readers import PARSE_WORKERS
+from chitchat.data.parallel import PARSE_WORKERS
 from chitchat.data.sources import CONDITION_FIELDS, PAIR_SCHEMA, iter_pair_chunks, parse_inputs
 from chitchat.core.errors import InputError
 from chitchat.core.io import PARQUET, atomic_path, config_from, load_params, section, write_json

@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 import yaml
 
-from chitchat.data.dedup import (NEAR_RULES, DedupConfig, NearKeyConfig, dedup_config, dedup_pairs,
-                                 first_phrase, near_key)
+from chitchat.data.dedup import DedupConfig, dedup_config, dedup_pairs
+from chitchat.data.dedup_keys import NEAR_RULES, NearKeyConfig, first_phrase, near_key
 from conftest import ANEKDOT, REPO
 
 NO_NEAR = NearKeyConfig(**dict.fromkeys(NEAR_RULES, False))
@@ -258,7 +258,7 @@ def fuzz_texts(n=4000, seed=0):
 
 @pytest.mark.parametrize("mask", range(32))
 def test_fast_near_key_equals_the_rules_applied_one_by_one(mask):
-    from chitchat.data.dedup import fast_near_key
+    from chitchat.data.dedup_keys import fast_near_key
 
     cfg = NearKeyConfig(**{r: bool(mask >> i & 1) for i, r in enumerate(NEAR_RULES)})
     texts = fuzz_texts()
@@ -268,7 +268,7 @@ def test_fast_near_key_equals_the_rules_applied_one_by_one(mask):
 @pytest.mark.parametrize("repeats", [True, False])
 def test_fast_near_key_from_the_match_keys_spaced_text_equals_the_rules(repeats):
     """dedup keys questions from the text the match key is built on (lower_yo, then spaced_words)."""
-    from chitchat.data.dedup import fast_near_key
+    from chitchat.data.dedup_keys import fast_near_key
     from chitchat.data.normalize import lower_yo, spaced_words
 
     cfg = NearKeyConfig(repeats=repeats)
@@ -280,27 +280,27 @@ def test_fast_near_key_from_the_match_keys_spaced_text_equals_the_rules(repeats)
 
 
 def test_fast_near_key_in_chunks_equals_one_pass(monkeypatch):
-    import chitchat.data.dedup as dedup
+    import chitchat.data.dedup_keys as dedup_keys
 
     texts = fuzz_texts(1000, seed=1)
-    whole = dedup.fast_near_key(texts, NearKeyConfig())
-    monkeypatch.setattr(dedup, "KEY_CHUNK", 97)
-    assert dedup.fast_near_key(texts, NearKeyConfig()).to_list() == whole.to_list()
+    whole = dedup_keys.fast_near_key(texts, NearKeyConfig())
+    monkeypatch.setattr(dedup_keys, "KEY_CHUNK", 97)
+    assert dedup_keys.fast_near_key(texts, NearKeyConfig()).to_list() == whole.to_list()
 
 
 def test_hashed_distinct_equals_plain_distinct_even_when_hashes_collide(monkeypatch):
-    import chitchat.data.dedup as dedup
+    from chitchat.data.row_groups import distinct
 
     rng = __import__("random").Random(3)
     df = pl.DataFrame({"c": [rng.randint(0, 5) for _ in range(3000)],
                        "t": [rng.choice(["да", "нет", "ну", "", "Да"]) for _ in range(3000)]})
     pair = pl.struct("c", "t")
     want = df.select(pair.is_first_distinct().alias("f"), pair.is_duplicated().alias("s"))
-    first, shared = dedup._distinct(df, "c", "t")
+    first, shared = distinct(df, "c", "t")
     assert first.to_list() == want["f"].to_list() and shared.to_list() == want["s"].to_list()
     # every text hashing alike: the exact comparison of the shared rows still tells them apart
     monkeypatch.setattr(pl.Expr, "hash", lambda self, *a, **k: self.is_null().cast(pl.UInt64) * 0)
-    first, shared = dedup._distinct(df, "c", "t")
+    first, shared = distinct(df, "c", "t")
     assert first.to_list() == want["f"].to_list() and shared.to_list() == want["s"].to_list()
 
 
@@ -416,7 +416,7 @@ def test_lower_casing_makes_no_letter_but_the_listed_ones_and_unmakes_none():
     """What `ends` relies on, over every code point: lower-casing a character that is not a letter
     or digit ([^\\W_] in polars' regex) yields none, except for LEAD_EXTRA (capitals newer than the
     regex's tables), and lower-casing a letter or digit yields a text that starts and ends with one."""
-    from chitchat.data.dedup import LEAD_EXTRA
+    from chitchat.data.dedup_keys import LEAD_EXTRA
 
     chars = pl.Series([chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF], dtype=pl.String)
     frame = chars.to_frame("c").with_columns(lower=pl.col("c").str.to_lowercase())
@@ -433,7 +433,7 @@ def test_fast_lower_casing_equals_polars_lower_casing_on_every_code_point():
     """lower_yo_series maps Russian and English capitals itself and sends texts with any other
     character that lower-casing changes the full way: equal to lower_yo on every code point, alone
     and between letters (the final sigma depends on its neighbours)."""
-    from chitchat.data.dedup import lower_yo_series
+    from chitchat.data.dedup_keys import lower_yo_series
     from chitchat.data.normalize import lower_yo
 
     points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
@@ -445,7 +445,7 @@ def test_fast_lower_casing_equals_polars_lower_casing_on_every_code_point():
 
 
 def test_ends_of_texts_with_equal_keys_are_equal():
-    from chitchat.data.dedup import _ends_hash, ends, fast_near_key
+    from chitchat.data.dedup_keys import ends, ends_hash, fast_near_key
 
     odd = ["\ua7d2x", "\ua7d3X", "x\ua7d2", "xꟓ!", "...\ua7d4", "\ua7d5", "İ", "i̇", "!Σ", "σ", "ΑΣ", "ας", "ασ!",
            "ΑΣ Β", "ας β", "aİ", "ai̇", "Ёж", "ЕЖ", "ёЁ"]
@@ -457,7 +457,7 @@ def test_ends_of_texts_with_equal_keys_are_equal():
         assert per_key["lead"].max() == 1 and per_key["tail"].max() == 1, mask
         assert frame["tail"].n_unique() > 5  # the ends tell texts apart
         # the hash dedup groups by (case rules on the distinct characters only) parts texts as the ends do
-        frame = frame.with_columns(hash=_ends_hash(texts, cfg), ends=pl.struct("lead", "tail").rank("dense"))
+        frame = frame.with_columns(hash=ends_hash(texts, cfg), ends=pl.struct("lead", "tail").rank("dense"))
         assert frame.group_by("ends").agg(pl.col("hash").n_unique())["hash"].max() == 1, mask
         assert frame["hash"].n_unique() == frame["ends"].n_unique(), mask
 

@@ -1,7 +1,8 @@
 import polars as pl
 import pytest
 
-from chitchat.data.dedup import NEAR_RULES, DedupConfig, NearKeyConfig, dedup_pairs
+from chitchat.data.dedup import DedupConfig, dedup_pairs
+from chitchat.data.dedup_keys import NEAR_RULES, NearKeyConfig
 from chitchat.data.filters import FilterConfig, apply_filters
 from chitchat.data.split import SplitConfig, split_pairs
 from chitchat.data.normalize import match_key

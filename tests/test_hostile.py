@@ -19,9 +19,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from chitchat.data import readers
+from chitchat.data import lines as lines_module
+from chitchat.data import qa_jsonl
 from chitchat.data.normalize import _rare_chars_rs, normalize_series, normalize_text
-from chitchat.data.readers import ReadReport, iter_line_chunks, iter_lines, parse_qa_lines, read_qa_jsonl
+from chitchat.data.lines import iter_line_chunks, iter_lines
+from chitchat.data.qa_jsonl import parse_qa_lines, read_qa_jsonl
+from chitchat.data.read_report import ReadReport
 from chitchat.data.sources import InputSpec, read_inputs
 from chitchat.core.io import atomic_path
 from conftest import REPO
@@ -303,7 +306,7 @@ def test_vectorized_qa_parser_agrees_with_json_loads_line_by_line(lines):
     got = parse_qa_lines(frame, report).rows()
     expected, reasons, bad = [], {}, 0
     for line, text in frame.iter_rows():
-        row = readers._parse(line, text)
+        row = qa_jsonl._parse(line, text)
         bad += row[5]
         if row[4]:
             reasons[row[4]] = reasons.get(row[4], 0) + 1
@@ -327,7 +330,7 @@ def test_a_tiny_chunk_size_gives_the_same_pairs(tmp_path, qa_records, monkeypatc
     path = write_bytes(tmp_path / "qa.jsonl.zip", "\n".join([GOOD_LINE] + [json.dumps(r) for r in qa_records] * 40
                                                             + ['{"question": "обрыв']).encode())
     whole, reports = read_inputs([InputSpec(str(path))])
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 100)
+    monkeypatch.setattr(lines_module, "CHUNK_BYTES", 100)
     chunked, chunked_reports = read_inputs([InputSpec(str(path))])
     assert chunked.equals(whole) and chunked["qid"].is_sorted() and chunked["qid"].max() == 120
     assert chunked_reports["qa"].as_dict() == reports["qa"].as_dict()
@@ -406,7 +409,7 @@ def test_apply_filters_drops_what_drop_reason_names(words):
     """apply_filters evaluates the upper word bounds only on texts long enough to fail them: the
     rows it keeps and the counts per reason are drop_reason's, text paragraphs included."""
     from chitchat.data.filters import FilterConfig, apply_filters, drop_reason
-    from chitchat.data.sources import TEXT_MARKER
+    from chitchat.data.prose import TEXT_MARKER
 
     rng = random.Random(3)
     pieces = ["а", "слово", "x", " ", "  ", "\t", "\u3000", "\x1c", "\n", "https://x.ru", "!"]

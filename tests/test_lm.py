@@ -23,7 +23,8 @@ from chitchat.cli import app
 from chitchat.answering.continuation import continue_texts
 from chitchat.data.dedup import DedupConfig, dedup_pairs
 from chitchat.data.filters import FilterConfig, apply_filters
-from chitchat.data.sources import TEXT_MARKER, InputSpec, read_inputs
+from chitchat.data.prose import TEXT_MARKER
+from chitchat.data.sources import InputSpec, read_inputs
 from chitchat.data.split import SplitConfig, split_pairs
 from chitchat.answering.decoding import DecodingConfig, generate
 from chitchat.core.errors import InputError

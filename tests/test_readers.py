@@ -3,8 +3,9 @@ import zipfile
 
 import pytest
 
+from chitchat.data.qa_jsonl import read_qa_jsonl
+from chitchat.data.read_report import ReadReport
 from chitchat.data.sources import InputSpec, read_inputs
-from chitchat.data.readers import ReadReport, read_qa_jsonl
 from chitchat.core.errors import InputError
 from conftest import write_jsonl
 
@@ -96,7 +97,7 @@ def test_ordered_map_keeps_the_order_raises_in_order_and_bounds_the_work_in_flig
     import threading
     import time
 
-    from chitchat.data.readers import ordered_map
+    from chitchat.data.parallel import ordered_map
 
     def slow(i):
         time.sleep(0.02 * (i % 3))  # later items often finish first
@@ -133,7 +134,7 @@ def test_ordered_map_keeps_the_order_raises_in_order_and_bounds_the_work_in_flig
 def test_chunks_parsed_on_several_threads_give_the_same_table_and_reports(tmp_path, qa_records, monkeypatch):
     """Many small chunks, bad lines spread over them: pairs, qids and every count and first line
     number are the same with one worker and with four."""
-    import chitchat.data.readers as readers
+    import chitchat.data.lines as lines_module
 
     raw = ['{"question": "обрыв', '{"question": "q", "responses": "строка"}', '{"question": "q3", "responses": ["ok", 5]}',
            "\x00{bad", '{"question": "  ", "responses": ["a"]}'] * 40
@@ -144,7 +145,7 @@ def test_chunks_parsed_on_several_threads_give_the_same_table_and_reports(tmp_pa
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("\n".join(f"вопрос {i}\tответ {i}" if i % 7 else f"без табуляции {i}" for i in range(600)),
                    encoding="utf-8")
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 700)  # dozens of chunks
+    monkeypatch.setattr(lines_module, "CHUNK_BYTES", 700)  # dozens of chunks
     specs = [InputSpec(str(path)), InputSpec(str(tsv))]
     one, reports_one = read_inputs(specs, workers=1)
     four, reports_four = read_inputs(specs, workers=4)
@@ -159,8 +160,9 @@ def test_chunks_parsed_on_several_threads_give_the_same_table_and_reports(tmp_pa
 def test_zip_members_read_alike_whatever_their_compression(tmp_path, method, monkeypatch):
     """Deflated members go through ISA-L, the others through zipfile: the same lines either way,
     read in many small blocks (a block ends inside the deflated data, and inside a line)."""
-    import chitchat.data.readers as readers
-    from chitchat.data.readers import iter_line_chunks, iter_lines
+    import chitchat.data.lines as lines_module
+    from chitchat.data.archives import open_zip_member
+    from chitchat.data.lines import iter_line_chunks, iter_lines
 
     lines = [json.dumps({"question": f"вопрос {i}", "responses": [f"ответ {i * 7919 % 1000}"] * (i % 4 + 1)},
                         ensure_ascii=False) for i in range(5000)]
@@ -168,14 +170,14 @@ def test_zip_members_read_alike_whatever_their_compression(tmp_path, method, mon
     with zipfile.ZipFile(path, "w", method) as z:
         z.writestr("a.jsonl", "\n".join(lines[:3000]) + "\n")
         z.writestr("b.jsonl", "\n".join(lines[3000:]))  # no line end at the end
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 4099)
+    monkeypatch.setattr(lines_module, "CHUNK_BYTES", 4099)
     read = [line for chunk in iter_line_chunks(path) for line in chunk.lines.to_list()]
     assert read == lines
     assert [raw.decode() for _, raw in iter_lines(path)] == lines
     with zipfile.ZipFile(path) as z:
         want = z.read("a.jsonl")
-        with readers.open_zip_member(z, path, "a.jsonl") as member:  # all at once
+        with open_zip_member(z, path, "a.jsonl") as member:  # all at once
             assert member.read() == want
         for size in (1, 8192, 1 << 20):  # small reads drain what the inflater holds back
-            with readers.open_zip_member(z, path, "a.jsonl") as member:
+            with open_zip_member(z, path, "a.jsonl") as member:
                 assert b"".join(iter(lambda: member.read(size), b"")) == want

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from chitchat.data.normalize import word_count
-from chitchat.data.sources import TEXT_MARKER
+from chitchat.data.prose import TEXT_MARKER
 
 # An answer made of links only carries nothing a model can learn to say.
 LINK_ONLY = r"^(?:(?:https?://|www\.)\S+[\s,;.]*)+$"

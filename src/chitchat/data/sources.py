@@ -1,20 +1,14 @@
 """The inputs `prepare.inputs` lists, in any of the formats users have, as one pairs table.
 
-Formats:
-- `qa_jsonl`: the Ответы@Mail.ru dump, one JSON object per line (`.jsonl`, `.gz`, `.zip`).
-- `pairs_tsv`: the course's `train.txt`, `question<TAB>answer[<TAB>category]` per line.
-- `dialogues`: blank-line separated dialogues with one "- " turn per line (the anekdot format,
-  plain or in a `.tar.xz`), or a `.json` file holding a list of dialogues, each a list of turns.
-  Every turn after the first answers the one before it, with up to `max_history` earlier turns
-  kept in the `history` column.
-- `speakers`: dialogues as `dialogues` reads them, but one `Имя: реплика` turn per line (a TV or
-  book script). The name is cut from the turn; consecutive lines of one speaker make one turn; a
-  line that is not `Name: text` (a stage direction) is skipped and counted as `no_speaker`. With
-  `condition_field` speaker each pair's `category` is the answering speaker, so the category
-  token makes the model answer as that character.
-- `text`: plain prose for a language model (model.task lm): paragraphs separated by blank lines,
-  the lines of one paragraph joined by spaces. Each paragraph is one row: the paragraph in `answer`,
-  TEXT_MARKER + " " + the paragraph in `question` (never chosen by `auto`; see _text_frames).
+Formats, each read by a module of its own into the same records (chitchat.data.records):
+- `qa_jsonl` (qa_jsonl.py): the Ответы@Mail.ru dump, one JSON object per line (`.jsonl`, `.gz`, `.zip`).
+- `pairs_tsv` (pairs_tsv.py): the course's `train.txt`, `question<TAB>answer[<TAB>category]` per line.
+- `dialogues` (dialogues.py): blank-line separated dialogues with one "- " turn per line, or a `.json`
+  list of dialogues; every turn after the first answers the one before it.
+- `speakers` (dialogues.py): dialogues of `Имя: реплика` lines. With `condition_field` speaker each
+  pair's `category` is the answering speaker, so the category token makes the model answer as that
+  character.
+- `text` (prose.py): plain prose for a language model, a row per paragraph (never chosen by `auto`).
 - `auto`: told apart by the file name (`.jsonl`, `.tsv`, `.json`), else by the first non-blank line
   (`{`: qa_jsonl; `[` or a dash: dialogues; a tab: pairs_tsv; `Name: text`: speakers).
 
@@ -28,22 +22,24 @@ assembled in a Python loop.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from chitchat.data.normalize import normalize_series, normalize_text
-from chitchat.data.readers import (PARSE_WORKERS, WHITESPACE_ONLY, LineChunk, ReadReport, iter_line_chunks,
-                                   iter_lines, nonblank_lines, note_chunk, ordered_map, qa_chunk)
 from chitchat.core.errors import InputError
+from chitchat.data.dialogues import DASHES, SPEAKER_LINE, dialogue_frames
+from chitchat.data.lines import TEXT_MEMBERS, iter_line_chunks, iter_lines
+from chitchat.data.normalize import normalize_series, normalize_text
+from chitchat.data.pairs_tsv import tsv_chunk
+from chitchat.data.parallel import PARSE_WORKERS, ordered_map
+from chitchat.data.prose import text_frames
+from chitchat.data.qa_jsonl import qa_records
+from chitchat.data.read_report import ReadReport
 
 FORMATS = ("auto", "qa_jsonl", "pairs_tsv", "dialogues", "speakers", "text")
 CONDITION_FIELDS = ("category", "speaker")  # what the category column (and so the model's lead token) holds
-TEXT_MEMBERS = (".txt", ".tsv", ".json", ".jsonl")  # archive members a text reader looks at
 PAIR_SCHEMA = {
     "qid": pl.UInt32,  # one id per question record; answers of one record share it
     "line": pl.UInt32,  # line of the record in its input file
@@ -53,12 +49,6 @@ PAIR_SCHEMA = {
     "answer": pl.String,
     "history": pl.List(pl.String),  # earlier turns, oldest first (dialogues only)
 }
-CHUNK_ROWS = 200_000  # dialogue pairs buffered in Python lists before they become a polars frame
-_RECORDS = {"line": pl.UInt32, "question": pl.String, "category": pl.String, "answers": pl.List(pl.String),
-            "history": pl.List(pl.String)}  # what each format's reader yields; category null = none
-_DASHES = ("- ", "– ", "— ")
-# `Имя: реплика`: a name of one to three words that starts with a letter, a colon, the turn's text
-SPEAKER_LINE = re.compile(r"^([^\W\d_][\w'’.\-]*(?: [\w'’.\-]+){0,2})\s*:(?!//)\s*(\S.*)$")
 
 
 @dataclass(frozen=True)
@@ -112,7 +102,7 @@ def detect_format(path: str | Path) -> str:
             continue
         if line.startswith("{"):
             return "qa_jsonl"
-        if line.startswith("[") or line.startswith(_DASHES):
+        if line.startswith("[") or line.startswith(DASHES):
             return "dialogues"
         if "\t" in line:
             return "pairs_tsv"
@@ -120,176 +110,6 @@ def detect_format(path: str | Path) -> str:
             return "speakers"
         raise InputError(path, "cannot tell the format from the first line (set `format` in prepare.inputs)")
     raise InputError(path, "file has no records (only blank lines)")
-
-
-def _tsv_chunk(chunk: LineChunk) -> tuple[pl.DataFrame, ReadReport]:
-    """(line, question, category, answers, history) per `question<TAB>answer[<TAB>category]` line of
-    one chunk, and the chunk's own report (chunks are parsed on several threads)."""
-    report = ReadReport()
-    lines = nonblank_lines(chunk, report).with_columns(fields=pl.col("text").str.split("\t"))
-    n = pl.col("fields").list.len()
-    reason = pl.when(n < 2).then(pl.lit("no_tab")).when(n > 3).then(pl.lit("too_many_tabs"))
-    lines = lines.with_columns(reason=reason)
-    report.skip_many(lines.filter(pl.col("reason").is_not_null()).select("line", "reason"))
-    ok = lines.filter(pl.col("reason").is_null()).select(
-        "line",
-        question=pl.col("fields").list.get(0),
-        category=pl.col("fields").list.get(2, null_on_oob=True),
-        answers=pl.concat_list(pl.col("fields").list.get(1)),
-        history=pl.lit([], dtype=pl.List(pl.String)),
-    )
-    ok = ok.with_columns(category=pl.when(pl.col("category").str.contains(WHITESPACE_ONLY))
-                         .then(None).otherwise("category"))
-    report.records_ok += ok.height
-    report.category_missing += ok["category"].null_count()
-    return ok, report
-
-
-def _qa_chunk(chunk: LineChunk) -> tuple[pl.DataFrame, ReadReport]:
-    """qa_chunk's records in the columns every format yields."""
-    records, report = qa_chunk(chunk)
-    return records.rename({"responses": "answers"}).with_columns(history=pl.lit([], dtype=pl.List(pl.String))), report
-
-
-def _blocks(path: str, report: ReadReport, count_lines: bool = False) -> Iterator[list[tuple[int, str]]]:
-    """Blank-line separated blocks of (line number, stripped text); lines that are not UTF-8 are
-    skipped and counted (`count_lines`: every non-blank line also counts in report.lines)."""
-    block: list[tuple[int, str]] = []
-    for chunk in iter_line_chunks(path, TEXT_MEMBERS):
-        note_chunk(chunk, report)
-        for line_no, text in enumerate(chunk.lines.to_list(), chunk.first_line):
-            if text is None:
-                report.lines += count_lines
-                report.skip("invalid_utf8", line_no)
-                continue
-            text = text.strip()
-            if text:
-                report.lines += count_lines
-                block.append((line_no, text))
-            elif block:
-                yield block
-                block = []
-    if block:
-        yield block
-
-
-def _text_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
-    """(first line, turns) per blank-line separated dialogue; a leading dash is not part of a turn."""
-    for block in _blocks(path, report):
-        turns = []
-        for _, text in block:
-            for dash in _DASHES:
-                if text.startswith(dash):
-                    text = text[len(dash):]
-                    break
-            turns.append(text)
-        yield block[0][0], turns
-
-
-def _speaker_dialogues(path: str, report: ReadReport) -> Iterator[tuple[list[int], list[str], list[str]]]:
-    """(line of each turn, turns, speakers) per blank-line separated dialogue of `Name: text` lines.
-
-    The name is cut from the turn; a speaker's consecutive lines join into one turn (a stage
-    direction between them, skipped as no_speaker, must not make them answer each other).
-    """
-    for block in _blocks(path, report):
-        lines: list[int] = []
-        turns: list[str] = []
-        names: list[str] = []
-        for line_no, text in block:
-            match = SPEAKER_LINE.match(text)
-            if match is None:
-                report.skip("no_speaker", line_no)
-                continue
-            name, said = match.group(1), match.group(2)
-            if names and names[-1] == name:
-                turns[-1] += " " + said
-                continue
-            lines.append(line_no)
-            turns.append(said)
-            names.append(name)
-        if turns:
-            yield lines, turns, names
-
-
-def _json_dialogues(path: str, report: ReadReport) -> Iterator[tuple[int, list[str]]]:
-    """(index + 1, turns) per dialogue of a JSON list of lists of strings."""
-    parts = []
-    for chunk in iter_line_chunks(path, TEXT_MEMBERS):
-        if chunk.lines.null_count():
-            raise InputError(path, "not a JSON list of dialogues (UnicodeDecodeError)")
-        parts.append(chunk.lines.str.join("\n").item())
-    try:
-        data = json.loads("\n".join(parts))
-    except ValueError as exc:
-        raise InputError(path, f"not a JSON list of dialogues ({exc.__class__.__name__})") from None
-    if not isinstance(data, list):
-        raise InputError(path, "JSON dialogues must be a list of lists of strings")
-    for index, dialogue in enumerate(data, 1):
-        if not isinstance(dialogue, list) or not all(isinstance(t, str) for t in dialogue):
-            report.skip("dialogue_not_list_of_strings", index)
-            continue
-        yield index, dialogue
-
-
-def _dialogue_frames(path: str, report: ReadReport, max_history: int, speakers: bool = False,
-                     by_speaker: bool = False) -> Iterator[pl.DataFrame]:
-    """(line, previous turn, category, [turn], history) for every turn after the first of each dialogue.
-
-    `speakers`: `Name: text` lines; `by_speaker`: the category is the answering speaker (else null).
-    Dialogues are stateful across lines and far smaller than the dump: a Python loop builds them.
-    """
-    is_json = Path(path).name.lower().endswith((".json", ".json.gz", ".json.zip", ".json.xz"))
-    if speakers:
-        dialogues = _speaker_dialogues(path, report)
-    else:  # line numbers: a JSON dialogue's index, a text dialogue's first line plus the turn's index
-        dialogues = ((([line_no] * len(turns)) if is_json else list(range(line_no, line_no + len(turns))), turns, None)
-                     for line_no, turns in (_json_dialogues if is_json else _text_dialogues)(path, report))
-    rows: list[tuple] = []
-    for lines, turns, names in dialogues:
-        report.lines += 1
-        if len(turns) < 2:
-            report.skip("one_turn_dialogue", lines[0] if lines else 0)
-            continue
-        report.records_ok += 1
-        for i in range(1, len(turns)):
-            history = turns[max(0, i - 1 - max_history) : i - 1] if max_history > 0 else []
-            rows.append((lines[i], turns[i - 1], names[i] if by_speaker else None, [turns[i]], history))
-        if len(rows) >= CHUNK_ROWS:
-            yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
-            rows = []
-    yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
-
-
-# The question of a `text` row: this marker, a space, the paragraph. The question is what dedup and
-# split group by, so each distinct paragraph is its own group: exact and near duplicate paragraphs
-# go, no cap merges different paragraphs, and an answer never equals its question (the marker is a
-# word). Filters read the marker to apply prepare's text limits instead of the chit-chat ones.
-TEXT_MARKER = "¶text"
-
-
-def _paragraphs(path: str, report: ReadReport) -> Iterator[tuple[int, str]]:
-    """(first line, its lines joined by spaces) per blank-line separated paragraph."""
-    for block in _blocks(path, report, count_lines=True):
-        yield block[0][0], " ".join(text for _, text in block)
-
-
-def _text_frames(path: str, report: ReadReport) -> Iterator[pl.DataFrame]:
-    """(line, TEXT_MARKER + paragraph, null, [paragraph], []) per paragraph of a `text` input.
-
-    Normalizing the question gives the marker, a space and the normalized paragraph, as the marker
-    is already normalized text (lower case, no ё) and a space separates it from the paragraph.
-    """
-    rows: list[tuple] = []
-    for line_no, paragraph in _paragraphs(path, report):
-        report.records_ok += 1
-        rows.append((line_no, f"{TEXT_MARKER} {paragraph}", None, [paragraph], []))
-        if len(rows) >= CHUNK_ROWS:
-            yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
-            rows = []
-    if report.lines == 0:
-        raise InputError(path, "file has no records (only blank lines)")
-    yield pl.DataFrame(rows, schema=_RECORDS, orient="row")
 
 
 def _normalized_history(history: pl.Series, norm: Callable[[pl.Series], pl.Series]) -> pl.Series:
@@ -327,12 +147,12 @@ def _record_jobs(spec: InputSpec, fmt: str, report: ReadReport, max_history: int
     items' reader counts in `report` itself). The QA dump and TSV pairs go a chunk of lines at a
     time, which threads can parse at once; dialogues and prose are assembled in order in Python."""
     if fmt == "qa_jsonl":
-        return iter_line_chunks(spec.path), _qa_chunk
+        return iter_line_chunks(spec.path), qa_records
     if fmt == "pairs_tsv":
-        return iter_line_chunks(spec.path, TEXT_MEMBERS), _tsv_chunk
+        return iter_line_chunks(spec.path, TEXT_MEMBERS), tsv_chunk
     if fmt == "text":
-        return _text_frames(spec.path, report), lambda frame: (frame, None)
-    return (_dialogue_frames(spec.path, report, max_history, fmt == "speakers", condition_field == "speaker"),
+        return text_frames(spec.path, report), lambda frame: (frame, None)
+    return (dialogue_frames(spec.path, report, max_history, fmt == "speakers", condition_field == "speaker"),
             lambda frame: (frame, None))
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from chitchat.data.dedup import GROUP, question_runs
+from chitchat.data.dedup import GROUP
 from chitchat.data.normalize import match_key
+from chitchat.data.row_groups import question_runs
 from chitchat.core.errors import InputError
 
 SPLITS = ("train", "valid", "test")
