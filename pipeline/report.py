@@ -21,7 +21,7 @@ def main(
     tokenizer_dir: Path = typer.Option(Path("data/tokenizer"), help="tokenizer folder"),
     metrics: Path = typer.Option(Path("metrics/data.json"), help="counts, lengths, coverage"),
     plots_dir: Path = typer.Option(Path("metrics/report"), help="folder for the plot CSV files"),
-    svg: Path = typer.Option(Path("docs/token_frequency.svg"), help="the frequency-rank curve for the README"),
+    svg: Path = typer.Option(Path("docs/token_frequency.svg"), help="the frequency-rank curve shown in docs/data.md"),
 ) -> None:
     """Describe the splits: lengths, categories, token frequencies, unknown tokens."""
     with stage_errors("report"):

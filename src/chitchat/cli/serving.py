@@ -16,7 +16,7 @@ Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads for d
 
 
 def _set_threads(threads: int) -> None:
-    """Leave a core to the event loop: torch's threads spinning on every core stall it (see README)."""
+    """Leave a core to the event loop: torch's threads spinning on every core stall it (docs/serving.md)."""
     import torch
 
     if threads < 0:

@@ -166,7 +166,7 @@ def data_report(frames: dict[str, pl.DataFrame], tok, cfg: ReportConfig) -> Data
 
 
 def rank_curve_svg(curve: pl.DataFrame, title: str, note: str = "", width: int = 640, height: int = 360) -> str:
-    """An SVG line chart of `count` against `rank` on log-log axes (the README picture)."""
+    """An SVG line chart of `count` against `rank` on log-log axes (the picture in docs/data.md)."""
     left, right, top, bottom = 64, 24, 48 if note else 36, 48
     xmax = math.log10(max(10, curve["rank"].max()))
     ymax = math.ceil(math.log10(max(10, curve["count"].max())))

@@ -41,7 +41,7 @@ def _bounded(name: str, **extra):
 
 
 class DecodingOptions(BaseModel):
-    """Decoding options; each one left out keeps DecodingConfig's default (README, "Decoding")."""
+    """Decoding options; each one left out keeps DecodingConfig's default (docs/decoding.md)."""
 
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["greedy", "beam", "nucleus"] = D.strategy

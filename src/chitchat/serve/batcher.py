@@ -2,8 +2,8 @@
 
 One decode runs at a time (the service has one model and a lock). While it runs, new requests
 queue; the next decode takes up to `max_batch` of them that share the first one's decoding config
-(frozen, so comparable) in one `ChatService.answer_batch` call, which README's decoding benchmark
-measures at 5-17x the answers/s of one question per call. Nucleus requests always go alone: a
+(frozen, so comparable) in one `ChatService.answer_batch` call, which the decoding benchmark
+(docs/benchmarks.md) measures at 5-17x the answers/s of one question per call. Nucleus requests always go alone: a
 sampled answer must depend on its seed, not on its batch-mates. The event loop only queues and
 wakes; the decoding runs in a worker thread, so `/health` and the bot's commands never wait on it.
 """

@@ -43,10 +43,10 @@ def import_transformers():
 
 
 def check_pretrained_dir(path: str | Path, what: str = "model.pretrained",
-                         fix: str = "download a checkpoint first, see README") -> Path:
+                         fix: str = "download a checkpoint first, see docs/models.md") -> Path:
     """`path` if it holds a Hugging Face checkpoint (config.json); else a one-line InputError."""
     if not str(path).strip():
-        raise ValueError(f"{what} is empty: model.type hf needs a local checkpoint folder (see README)")
+        raise ValueError(f"{what} is empty: model.type hf needs a local checkpoint folder (see docs/models.md)")
     path = Path(path)
     if not path.is_dir():
         raise InputError(path, f"{what}: no such folder ({fix})")
