@@ -4,6 +4,7 @@ Unicode word tokenizer) and distinct-n. All text metrics score decoded text, nev
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Sequence
@@ -63,3 +64,42 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
         seen.update(grams)
         total += len(grams)
     return len(seen) / total if total else 0.0
+
+
+_CYRILLIC_WORD = re.compile(r"[а-яё]+(?:-[а-яё]+)*")
+
+
+@functools.lru_cache(maxsize=1)
+def _morph():
+    import pymorphy3  # the OpenCorpora dictionary: loaded once, only by the metric that needs it
+
+    return pymorphy3.MorphAnalyzer()
+
+
+def cyrillic_words(text: str) -> list[str]:
+    """The Cyrillic words of `text`, lower-cased (hyphenated words stay whole: «кто-нибудь»)."""
+    return _CYRILLIC_WORD.findall(text.lower())
+
+
+def known_word_rate(texts: Sequence[str]) -> float:
+    """Share of the Cyrillic words in `texts` that the OpenCorpora dictionary (pymorphy3) knows.
+
+    Tells Russian from Russian-looking noise: «средролировать» is unknown, «спрашивай» known.
+    Dictionary misses (slang, names, typos) lower the references' own rate too, so compare a
+    model's rate with the references'. Every occurrence counts; 0.0 when there is no such word.
+    """
+    morph = _morph()
+    known = total = 0
+    cache: dict[str, bool] = {}
+    for text in texts:
+        for word in cyrillic_words(text):
+            if word not in cache:
+                cache[word] = morph.word_is_known(word)
+            known += cache[word]
+            total += 1
+    return known / total if total else 0.0
+
+
+def unique_answer_rate(answers: Sequence[str]) -> float:
+    """Distinct answers (after stripping spaces) per answer: 1.0 when no two questions get the same one."""
+    return len({a.strip() for a in answers}) / len(answers) if answers else 0.0
