@@ -103,6 +103,17 @@ def test_early_stopping_stops():
     assert result.stopped_early and result.steps == 6  # lr 0: no validation ever improves on the first
 
 
+def test_max_steps_ends_training_and_the_schedule_there():
+    data = examples(100)
+    cfg = TrainConfig(epochs=50, max_tokens=128, lr=1e-2, warmup_steps=0, eval_every=2, patience=0, max_steps=7)
+    seen = []
+    result = train(model(), data, data, cfg, PAD, torch.device("cpu"), log=lambda s, v: seen.append((s, v)))
+    assert result.steps == 7 and not result.stopped_early
+    lrs = [(step, v["train/lr"]) for step, v in seen if "train/lr" in v]
+    assert lrs[-1][0] == 7 and lrs[-1][1] < 0.05 * cfg.lr  # the cosine schedule ends at step 7, not after 50 epochs
+    assert seen[-1][0] == 7 and "valid/loss" in seen[-1][1]  # the last step is validated (eval_every 2)
+
+
 def test_unknown_train_param_is_rejected():
     with pytest.raises(ValueError, match="unknown train params: lr_rate"):
         config_from(TrainConfig, {"lr_rate": 1}, "train")

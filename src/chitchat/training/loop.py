@@ -41,6 +41,7 @@ class TrainConfig:
     max_src_len: int = 48  # tokens of category + question + eos
     max_tgt_len: int = 48  # tokens of bos + answer + eos
     max_minutes: float = 0  # wall-clock budget; 0 means none (a budget makes runs non-deterministic)
+    max_steps: int = 0  # optimizer steps at most, the schedule ending there (0 = epochs decide); deterministic
     checkpoint_every: int = 0  # steps between resume checkpoints; 0 = no resume
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the training forward/backward
@@ -48,6 +49,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "inverse_sqrt"):
             raise ValueError(f"train.schedule must be constant, cosine or inverse_sqrt, got {self.schedule!r}")
+        if self.max_steps < 0:
+            raise ValueError(f"train.max_steps must be >= 0 (0 = no limit), got {self.max_steps}")
         if self.accum_steps < 1 or self.eval_every < 1 or self.max_tokens < 1:
             raise ValueError("train.accum_steps, train.eval_every and train.max_tokens must be >= 1")
         if self.precision not in PRECISIONS:
@@ -216,7 +219,8 @@ class _Run:
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         batches = len(token_budget_batches(train_ex, cfg.max_tokens, cfg.seed))
         self.steps_per_epoch = math.ceil(batches / self.step_size)
-        total_steps = self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
+        total_steps = max(1, self.steps_per_epoch * cfg.epochs)
+        total_steps = self.total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg, total_steps))
         self.fp = fingerprint(model, train_ex, cfg)
         self.st = load_resume(resume_path, self.fp, model, self.opt, self.sched, self.precision) or TrainState()
@@ -224,7 +228,7 @@ class _Run:
         for past_step, past_values in self.st.history:
             if self.log:
                 self.log(past_step, past_values)
-        self.stopped_early = self.stopped_by_time = False
+        self.stopped_early = self.stopped_by_time = self.stopped_by_steps = False
         self.start = time.perf_counter()
         self.tokens_at_start = self.st.tokens
         self.deadline = self.start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
@@ -246,7 +250,7 @@ class _Run:
     def run_epochs(self) -> None:
         """Optimizer steps until the epochs are done, patience runs out or time is up."""
         st = self.st
-        while st.epoch < self.cfg.epochs and not (self.stopped_early or self.stopped_by_time):
+        while st.epoch < self.cfg.epochs and not (self.stopped_early or self.stopped_by_time or self.stopped_by_steps):
             batches = token_budget_batches(self.train_ex, self.cfg.max_tokens, self.cfg.seed + st.epoch)
             while st.window < len(batches):
                 if self.after_step(self.optimizer_step(batches)):
@@ -288,7 +292,8 @@ class _Run:
             self.progress(st.step, self.total_steps, {**values, "tok/s": speed})
         self.stopped_early = bool(cfg.patience and st.bad_evals >= cfg.patience)
         self.stopped_by_time = out_of_time
-        if self.stopped_early or self.stopped_by_time:
+        self.stopped_by_steps = bool(cfg.max_steps and st.step >= cfg.max_steps)
+        if self.stopped_early or self.stopped_by_time or self.stopped_by_steps:
             return True
         if self.main and self.resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
             save_resume(self.resume_path, self.fp, self.model, self.opt, self.sched, st, self.precision)
