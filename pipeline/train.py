@@ -1,6 +1,7 @@
 """Stage train: fit the model chosen by `model.type` on the train split, keep the best on valid."""
 
 import dataclasses
+import time
 from pathlib import Path
 
 import polars as pl
@@ -8,7 +9,8 @@ import torch
 import typer
 from dvclive import Live
 
-from chitchat.answering.checkpoint import CHECKPOINT_NAME, HF_DIR, save_checkpoint
+from chitchat.answering.checkpoint import CHECKPOINT_NAME, HF_DIR, RETRIEVAL_DIR, save_checkpoint, save_retrieval_checkpoint
+from chitchat.answering.retrieval import RetrievalConfig, RetrievalIndex
 from chitchat.core.io import atomic_dir, config_from, load_params, section, write_json
 from chitchat.core.stage import progress_bar, stage_errors
 from chitchat.models import ModelConfig, build_model
@@ -38,8 +40,12 @@ def main(
     """
     with stage_errors("train"):
         all_params = load_params(params)
-        tcfg, mcfg, tok = _configs(all_params, params, tokenizer_dir)
         context = _text_normalization(all_params)  # recorded in the checkpoint: serving encodes as training did
+        rcfg = config_from(RetrievalConfig, all_params.get("retrieval") or {}, "retrieval")
+        if (all_params.get("model") or {}).get("type") == "retrieval":  # the baseline: an index, no network
+            train_retrieval(rcfg, split_dir, out_dir, metrics, live_dir, context)
+            return
+        tcfg, mcfg, tok = _configs(all_params, params, tokenizer_dir)
         ctx, device = distributed.setup(tcfg.device)
         try:
             if device.type == "cpu":
@@ -55,7 +61,9 @@ def main(
             distributed.teardown()
         if not ctx.is_main:
             return
-        _save(out_dir, model, tok, mcfg, tcfg, result, context)
+        # every question -> answer model keeps the baseline's index beside it: rerank_k and the comparison
+        index = RetrievalIndex.fit(frames[0], rcfg, context["max_history"]) if mcfg.task != "lm" else None
+        _save(out_dir, model, tok, mcfg, tcfg, result, context, index)
         write_json(metrics, _summary(mcfg, tcfg, result, parameters, device, ctx, len(train_ex), context))
         typer.echo(f"train: best valid loss {result.best_valid_loss:.4f} at step {result.best_step}", err=True)
 
@@ -96,10 +104,14 @@ def _examples(frames: list[pl.DataFrame], tok, tcfg: TrainConfig, mcfg: ModelCon
             for frame in frames)
 
 
-def _save(out_dir: Path, model, tok, mcfg: ModelConfig, tcfg: TrainConfig, result, context: dict) -> None:
-    """data/model: the checkpoint beside our tokenizer, or beside one Hugging Face folder for hf."""
+def _save(out_dir: Path, model, tok, mcfg: ModelConfig, tcfg: TrainConfig, result, context: dict,
+          index: RetrievalIndex | None) -> None:
+    """data/model: the checkpoint beside our tokenizer, or beside one Hugging Face folder for hf, and
+    the retrieval index of the train pairs."""
     hf = mcfg.type == "hf"
     with atomic_dir(out_dir) as tmp:
+        if index is not None:
+            index.save(tmp / RETRIEVAL_DIR)
         if hf:  # one Hugging Face folder, LoRA merged: serving needs neither model.pretrained nor peft
             from chitchat.models.hf import save_hf_model
 
@@ -166,6 +178,31 @@ def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: 
     live.make_summary()
     live.end()
     return result
+
+
+def train_retrieval(rcfg: RetrievalConfig, split_dir: Path, out_dir: Path, metrics: Path, live_dir: Path,
+                    context: dict) -> None:
+    """model.type retrieval: index the train pairs. Its one curve point: the mean similarity of each
+    valid question's best train match (how close the valid questions come to the indexed ones)."""
+    start = time.perf_counter()
+    train, valid = (pl.read_parquet(split_dir / f"{name}.parquet") for name in ("train", "valid"))
+    index = RetrievalIndex.fit(train, rcfg, context["max_history"])
+    seconds = time.perf_counter() - start
+    histories = valid["history"].to_list() if "history" in valid.columns else None
+    hits = index.search(valid["question"].to_list(), valid["category"].to_list(), histories)
+    similarity = sum(found[0].score for found in hits if found) / max(1, len(hits))
+    with atomic_dir(out_dir) as tmp:
+        index.save(tmp / RETRIEVAL_DIR)
+        save_retrieval_checkpoint(tmp / CHECKPOINT_NAME, prepare=context)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    live.log_metric("valid/top1_similarity", similarity)
+    live.end()
+    vocabulary = len(index.vectorizer.vocabulary_)
+    write_json(metrics, {"model_type": "retrieval", "retrieval": dataclasses.asdict(rcfg), "train_examples": train.height,
+                         "vocabulary": vocabulary, "valid_top1_similarity": similarity,
+                         "max_history": context["max_history"], "seconds": round(seconds, 1)})
+    typer.echo(f"train retrieval: {train.height} pairs indexed, {vocabulary} n-grams, "
+               f"valid top-1 similarity {similarity:.3f}", err=True)
 
 
 def _text_normalization(all_params: dict) -> dict:

@@ -14,6 +14,7 @@ from chitchat.text.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "model.pt"
 HF_DIR = "hf"  # model type hf: data/model/hf holds the fine-tuned model and its tokenizer
+RETRIEVAL_DIR = "retrieval"  # data/model/retrieval: the TF-IDF index (model.type retrieval, and rerank_k)
 
 
 def save_checkpoint(path: str | Path, model: Seq2Seq, cfg: ModelConfig, **extra: Any) -> None:
@@ -30,17 +31,38 @@ def save_checkpoint(path: str | Path, model: Seq2Seq, cfg: ModelConfig, **extra:
         torch.save(state, fh)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, dict]:
-    """The model in eval mode on `device`, and the checkpoint dict."""
+def save_retrieval_checkpoint(path: str | Path, **extra: Any) -> None:
+    """model.pt of `model.type: retrieval`: no weights, only what serving needs to read the index."""
+    state = {"model_config": {"type": "retrieval", "task": "seq2seq"}, "retrieval_dir": RETRIEVAL_DIR, **extra}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+
+
+def checkpoint_file(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The checkpoint dict of a model folder (or model.pt); InputError when missing or damaged."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise InputError(path, "no trained model here (run `dvc repro` first)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise InputError(path, f"cannot load checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_config"), dict):
+        raise InputError(path, "not a chitchat checkpoint (no model_config)")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, dict]:
+    """The model in eval mode on `device`, and the checkpoint dict."""
+    path = checkpoint_file(path)
+    ckpt = read_checkpoint(path, device)
+    if ckpt["model_config"].get("type") == "retrieval":
+        raise InputError(path, "this is the retrieval baseline (model.type retrieval): it has no network to load")
     cfg = ModelConfig(**ckpt["model_config"])
     if cfg.type == "hf":  # a self-contained HF folder beside model.pt; transformers only for this type
         from chitchat.models.hf import load_hf_model

@@ -38,6 +38,7 @@ class DecodingConfig:
     top_p: float = 1.0  # nucleus: keep the smallest set with cumulative prob >= p (1.0 = off)
     repetition_penalty: float = 1.0  # every strategy: log-probs of generated tokens are multiplied by it (1.0 = off)
     seed: int = 0  # nucleus: torch.Generator seed, so the same seed gives the same text
+    rerank_k: int = 0  # retrieve-then-rank: the model also scores the answers of the k best retrieved train pairs (0 = off)
 
     def validate(self) -> "DecodingConfig":
         """Self, or ValueError with one line naming the first bad field and its allowed range."""
@@ -55,6 +56,7 @@ class DecodingConfig:
             ("top_k", self.top_k >= 0, ">= 0 (0 = off)"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1.0 = off)"),
+            ("rerank_k", 0 <= self.rerank_k <= 100, "in [0, 100] (0 = off)"),
         ]
         for name, ok, allowed in checks:
             if not ok:

@@ -9,17 +9,20 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from chitchat.answering.checkpoint import load_checkpoint, load_tokenizer
-from chitchat.data.normalize import normalize_text
+from chitchat.answering.checkpoint import RETRIEVAL_DIR, checkpoint_file, load_checkpoint, load_tokenizer, read_checkpoint
 from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.data.normalize import normalize_text
 from chitchat.core.errors import InputError
 from chitchat.models.base import Seq2Seq, right_pad
 from chitchat.text.prompt import encode_sources
 from chitchat.text.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # the index module pulls in scipy, polars and scikit-learn: loaded only where used
+    from chitchat.answering.retrieval import RetrievalIndex
 
 MAX_QUESTION_CHARS = 1000  # longer requests are refused, not truncated: nobody types that much
 MAX_HISTORY_TURNS = 20  # earlier turns a conversation keeps (CLI, web page, bot); the model sees its max_history
@@ -68,18 +71,41 @@ class ChatService:
 
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, max_src_len: int, device: torch.device,
                  lowercase: bool = False, yo_to_e: bool = False, max_history: int = 0,
-                 condition_field: str = "category"):
+                 condition_field: str = "category", index: "RetrievalIndex | Path | None" = None,
+                 max_tgt_len: int = 48):
         self.model = model
         self.tokenizer = tokenizer
         self.max_src_len = max_src_len
+        self.max_tgt_len = max_tgt_len  # retrieved answers are scored as training cut them (rerank_k)
         self.device = device
         self.lowercase = lowercase  # prepare's normalization, so questions look like training data
         self.yo_to_e = yo_to_e
         self.max_history = max(0, max_history)  # earlier turns the model was trained to read (0: none)
         self.condition_field = condition_field  # what a "category" is here: category or speaker (a character)
         self.conditioned = bool(model.cfg.condition)  # False: categories cannot change the answers
-        self._by_key = {_category_key(name): name for name in tokenizer.categories}
+        # The train pairs' TF-IDF index saved beside the model (None: rerank_k unavailable). A folder is
+        # read on the first rerank request, so a plain answer never loads scikit-learn or polars.
+        self._index = index
+        self._index_lock = threading.Lock()
+        self._set_categories(tokenizer.categories)
         self._lock = threading.Lock()  # one decode at a time: the model and its caches are shared
+
+    def _set_categories(self, names) -> None:
+        self._known = set(names)
+        self._by_key = {_category_key(name): name for name in names}
+
+    @property
+    def model_type(self) -> str:
+        return self.model.cfg.type
+
+    @property
+    def index(self) -> "RetrievalIndex | None":
+        with self._index_lock:
+            if isinstance(self._index, Path):
+                from chitchat.answering.retrieval import RetrievalIndex
+
+                self._index = RetrievalIndex.load(self._index)
+        return self._index
 
     @classmethod
     def load(cls, model_dir: str | Path = "data/model", device: str = "auto") -> "ChatService":
@@ -88,28 +114,37 @@ class ChatService:
         Raises chitchat.core.errors.InputError when there is no trained model there.
         """
         dev = resolve_device(device)
+        ckpt = read_checkpoint(model_dir, dev)
+        folder = checkpoint_file(model_dir).parent
+        prepare = ckpt.get("prepare") or {}  # older checkpoints do not record it: prepare's defaults
+        normalization = (bool(prepare.get("lowercase", False)), bool(prepare.get("yo_to_e", False)),
+                         int(prepare.get("max_history", 0)), str(prepare.get("condition_field", "category")))
+        index_dir = folder / ckpt.get("retrieval_dir", RETRIEVAL_DIR)
+        if ckpt["model_config"].get("type") == "retrieval":
+            from chitchat.answering.retrieval import RetrievalIndex
+
+            return RetrievalChatService(RetrievalIndex.load(index_dir), *normalization)
         model, ckpt = load_checkpoint(model_dir, dev)
         if ckpt["model_config"].get("task") == "lm":  # a language model continues text; it answers nothing
             raise InputError(model_dir, "this is a style-continuation model (model.task lm): use `chitchat continue`")
         tokenizer = load_tokenizer(model_dir, ckpt)
         if ckpt["model_config"]["type"] == "hf":  # a fine-tuned pretrained LM: its prompt is text
             cls = HFChatService
-        prepare = ckpt.get("prepare") or {}  # older checkpoints do not record it: prepare's defaults
-        return cls(model, tokenizer, int(ckpt["max_src_len"]), dev,
-                   bool(prepare.get("lowercase", False)), bool(prepare.get("yo_to_e", False)),
-                   int(prepare.get("max_history", 0)), str(prepare.get("condition_field", "category")))
+        index = index_dir if index_dir.is_dir() else None  # older models have none
+        return cls(model, tokenizer, int(ckpt["max_src_len"]), dev, *normalization, index=index,
+                   max_tgt_len=int(ckpt.get("max_tgt_len", 48)))
 
     @property
     def categories(self) -> list[str]:
         """Category names the model knows, sorted."""
-        return sorted(self.tokenizer.categories)
+        return sorted(self._known)
 
     # -- validation ------------------------------------------------------------------------------
     def resolve_category(self, category: str | None) -> str | None:
         """The model's own name for `category` (None or blank: no category)."""
         if category is None or not category.strip():
             return None
-        if category in self.tokenizer.categories:
+        if category in self._known:
             return category
         name = self._by_key.get(_category_key(category))
         if name is None:
@@ -122,6 +157,9 @@ class ChatService:
             decoding.validate()
         except ValueError as exc:
             raise RequestError(str(exc)) from None
+        if decoding.rerank_k and self._index is None:
+            raise RequestError("decoding.rerank_k needs the retrieval index beside the model "
+                               "(data/model/retrieval): retrain with `dvc repro -f train`")
         limit = self.model.cfg.max_len
         # CNN and transformer decoders have a position table (BOS + answer); RNNs can go on for ever.
         if self.model.cfg.type in ("cnn", "transformer") and decoding.max_new_tokens > limit:
@@ -171,38 +209,54 @@ class ChatService:
         `max_history` of them (recorded by training; 0, and checkpoints older than history, read none).
         """
         decoding = self.check_decoding(decoding or DecodingConfig())
+        texts, names, contexts = self._inputs(questions, categories, histories)
+        if not texts:
+            return []
+        rows, truncated, lengths = self._sources(texts, names, contexts)
+        if decoding.rerank_k:  # retrieve-then-rank: chitchat.answering.rerank
+            from chitchat.answering.rerank import rerank  # scikit-learn and polars only where they are used
+
+            with self._lock:
+                ranked = rerank(self.model, self.tokenizer, self.index, rows, texts, names, contexts, decoding,
+                                self.max_tgt_len, self.device)
+            answers = [[Answer(c.text, c.score) for c in row] for row in ranked]
+        else:
+            with self._lock, torch.inference_mode():
+                hyps = generate(self.model, right_pad(rows, self.tokenizer.pad_id).to(self.device), decoding,
+                                self.tokenizer.bos_id, self.tokenizer.eos_id, banned_ids=self.tokenizer.never_generated)
+            answers = [[Answer(self.tokenizer.decode(h.ids), float(h.score))
+                        for h in sorted(row, key=lambda h: h.score, reverse=True)] for row in hyps]
+        return [Reply(ans, name, text, cut, n_tok, len(context))
+                for text, name, cut, n_tok, ans, context in zip(texts, names, truncated, lengths, answers, contexts)]
+
+    def _inputs(self, questions: Sequence[str], categories, histories) -> tuple[list[str], list, list[list[str]]]:
+        """Normalized questions, resolved categories and the history turns the model reads."""
         if categories is None:
             categories = [None] * len(questions)
         if len(categories) != len(questions):
             raise RequestError(f"{len(questions)} questions but {len(categories)} categories")
-        if not questions:
-            return []
         if histories is None:
             histories = [None] * len(questions)
         if len(histories) != len(questions):
             raise RequestError(f"{len(questions)} questions but {len(histories)} histories")
-        texts = [self._question(q) for q in questions]
-        names = [self.resolve_category(c) for c in categories]
-        contexts = [self._history(h) for h in histories]
-        src, truncated, lengths = self._encode(texts, names, contexts)
-        with self._lock, torch.inference_mode():
-            hyps = generate(self.model, src.to(self.device), decoding, self.tokenizer.bos_id,
-                            self.tokenizer.eos_id, banned_ids=self.tokenizer.never_generated)
-        replies = []
-        for text, name, cut, n_tok, row, context in zip(texts, names, truncated, lengths, hyps, contexts):
-            ranked = sorted(row, key=lambda h: h.score, reverse=True)
-            answers = [Answer(self.tokenizer.decode(h.ids), float(h.score)) for h in ranked]
-            replies.append(Reply(answers, name, text, cut, n_tok, len(context)))
-        return replies
+        return ([self._question(q) for q in questions], [self.resolve_category(c) for c in categories],
+                [self._history(h) for h in histories])
 
     def _encode(self, texts: list[str], names: list[str | None], histories: list[list[str]] | None = None
                 ) -> tuple[torch.Tensor, list[bool], list[int]]:
-        """Right-padded sources (batch, src_len) as training built them (chitchat.text.prompt):
-        [category] turn <sep> ... <sep> question [eos], cut to max_src_len from the oldest side."""
-        tok = self.tokenizer
-        sources = encode_sources(tok, texts, names, histories, self.max_src_len, self.max_history, self.conditioned)
-        rows, truncated = [s.ids for s in sources], [s.truncated for s in sources]
-        return right_pad(rows, tok.pad_id), truncated, [len(r) for r in rows]
+        """`_sources` right-padded into one (batch, src_len) tensor."""
+        rows, truncated, lengths = self._sources(texts, names, histories)
+        return right_pad(rows, self.tokenizer.pad_id), truncated, lengths
+
+    def _sources(self, texts: list[str], names: list[str | None], histories: list[list[str]] | None = None
+                 ) -> tuple[list[list[int]], list[bool], list[int]]:
+        """Source ids as training built them (chitchat.text.prompt), whether each question was cut,
+        and their lengths: [category] turn <sep> ... <sep> question [eos], cut to max_src_len from
+        the oldest side."""
+        sources = encode_sources(self.tokenizer, texts, names, histories, self.max_src_len, self.max_history,
+                                 self.conditioned)
+        rows = [s.ids for s in sources]
+        return rows, [s.truncated for s in sources], [len(r) for r in rows]
 
 
 class HFChatService(ChatService):
@@ -217,9 +271,50 @@ class HFChatService(ChatService):
                                f"for this model, got {decoding.max_new_tokens}")
         return decoding
 
-    def _encode(self, texts: list[str], names: list[str | None], histories=None):
-        """Right-padded prompts (batch, src_len), whether each question was cut, prompt lengths."""
-        tok = self.tokenizer
+    def _sources(self, texts: list[str], names: list[str | None], histories=None):
+        """Prompt ids, whether each question was cut, prompt lengths."""
         names = [name if self.conditioned else None for name in names]
-        rows = tok.encode_sources(texts, names, histories or [None] * len(texts), self.max_src_len)
-        return right_pad([ids for ids, _ in rows], tok.pad_id), [cut for _, cut in rows], [len(ids) for ids, _ in rows]
+        rows = self.tokenizer.encode_sources(texts, names, histories or [None] * len(texts), self.max_src_len)
+        return [ids for ids, _ in rows], [cut for _, cut in rows], [len(ids) for ids, _ in rows]
+
+
+class RetrievalChatService(ChatService):
+    """ChatService for model type retrieval: each answer is the answer of a retrieved train pair.
+
+    Of the decoding options only `n` applies (the n best pairs); the others steer a generator.
+    """
+
+    def __init__(self, index: "RetrievalIndex", lowercase: bool = False, yo_to_e: bool = False,
+                 max_history: int = 0, condition_field: str = "category"):
+        self.model = None
+        self.tokenizer = None
+        self._index = index
+        self._index_lock = threading.Lock()
+        self.device = torch.device("cpu")
+        self.max_src_len = self.max_tgt_len = 0
+        self.lowercase, self.yo_to_e = lowercase, yo_to_e
+        self.max_history = max(0, min(max_history, index.max_history))
+        self.condition_field = condition_field
+        self.conditioned = index.cfg.category_mode != "off"
+        self._set_categories(index.categories)
+        self._lock = threading.Lock()
+
+    @property
+    def model_type(self) -> str:
+        return "retrieval"
+
+    def check_decoding(self, decoding: DecodingConfig) -> DecodingConfig:
+        try:
+            return decoding.validate()
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+
+    def answer_batch(self, questions, categories=None, decoding=None, histories=None) -> list[Reply]:
+        decoding = self.check_decoding(decoding or DecodingConfig())
+        texts, names, contexts = self._inputs(questions, categories, histories)
+        if not texts:
+            return []
+        with self._lock:
+            hits = self.index.search(texts, names if self.conditioned else None, contexts, k=decoding.n)
+        return [Reply([Answer(h.answer, h.score) for h in found], name, text, False, len(text.split()), len(context))
+                for text, name, found, context in zip(texts, names, hits, contexts)]

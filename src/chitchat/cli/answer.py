@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from chitchat.cli.common import (D, BeamSize, Category, Device, LengthPenalty, MaxNew, MinNew, ModelDir, N,
-                                 NoRepeat, RepPenalty, Seed, Strategy, Temperature, TopK, TopP, decoding_from,
+                                 NoRepeat, RepPenalty, RerankK, Seed, Strategy, Temperature, TopK, TopP, decoding_from,
                                  one_line_errors, load_chat_service, load_lm_service, print_answers,
                                  truncation_note)
 
@@ -31,6 +31,7 @@ def ask(
     no_repeat_ngram: NoRepeat = D.no_repeat_ngram_size,
     repetition_penalty: RepPenalty = D.repetition_penalty,
     length_penalty: LengthPenalty = D.length_penalty,
+    rerank_k: RerankK = D.rerank_k,
     model: ModelDir = Path("data/model"),
     device: Device = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -41,7 +42,7 @@ def ask(
             strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,
             n=n, seed=seed, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             no_repeat_ngram_size=no_repeat_ngram, repetition_penalty=repetition_penalty,
-            length_penalty=length_penalty,
+            length_penalty=length_penalty, rerank_k=rerank_k,
         )
         service = load_chat_service(model, device)
         start = time.perf_counter()

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from chitchat.answering.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
-from chitchat.cli.common import (D, BeamSize, Category, Device, MaxNew, ModelDir, N, NoRepeat, RepPenalty,
+from chitchat.cli.common import (D, BeamSize, Category, Device, MaxNew, ModelDir, N, NoRepeat, RepPenalty, RerankK,
                                  Seed, Strategy, Temperature, TopK, TopP, decoding_from, one_line_errors,
                                  load_chat_service, print_answers, truncation_note)
 
@@ -37,6 +37,7 @@ def chat(
     max_new_tokens: MaxNew = D.max_new_tokens,
     no_repeat_ngram: NoRepeat = D.no_repeat_ngram_size,
     repetition_penalty: RepPenalty = D.repetition_penalty,
+    rerank_k: RerankK = D.rerank_k,
     model: ModelDir = Path("data/model"),
     device: Device = "cpu",
 ) -> None:
@@ -45,7 +46,7 @@ def chat(
         decoding = decoding_from(
             strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,
             n=n, seed=seed, max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram,
-            repetition_penalty=repetition_penalty,
+            repetition_penalty=repetition_penalty, rerank_k=rerank_k,
         )
         service = load_chat_service(model, device)
         session = ChatSession(service, service.resolve_category(category), service.check_decoding(decoding))

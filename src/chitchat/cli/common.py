@@ -30,6 +30,8 @@ MinNew = Annotated[int, typer.Option("--min-new-tokens", help="shortest answer, 
 NoRepeat = Annotated[int, typer.Option("--no-repeat-ngram", help="never repeat an n-gram of this size (0 = off)")]
 RepPenalty = Annotated[float, typer.Option("--repetition-penalty", help=">1 makes tokens already said less likely")]
 LengthPenalty = Annotated[float, typer.Option("--length-penalty", help="beam: >1 favours longer answers")]
+RerankK = Annotated[int, typer.Option("--rerank-k", help="also score the answers of the k most similar train questions "
+                                      "and return the likeliest (0 = off; needs the index beside the model)")]
 
 
 @contextmanager

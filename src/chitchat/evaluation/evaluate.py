@@ -13,6 +13,8 @@ import torch
 from chitchat.evaluation import metrics as M
 from chitchat.answering.continuation import continue_texts
 from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.answering.rerank import rerank
+from chitchat.answering.retrieval import RetrievalIndex
 from chitchat.core.io import config_from
 from chitchat.models.base import Seq2Seq
 from chitchat.text.tokenizer import Tokenizer
@@ -43,32 +45,78 @@ class EvalConfig:
 @torch.no_grad()
 def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categories: list[str],
                      max_src_len: int, decoding: DecodingConfig, batch_size: int, device,
-                     histories: list[list[str]] | None = None, max_history: int | None = None) -> list[str]:
+                     histories: list[list[str]] | None = None, max_history: int | None = None,
+                     index: RetrievalIndex | None = None, max_tgt_len: int = 48) -> list[str]:
     """The best answer per question (decoded to text), in the order of `questions`.
 
     `histories` gives each question's earlier turns (oldest first); sources are built as in
     training (chitchat.text.prompt). Nucleus sampling draws from one generator per batch seeded by
-    `decoding.seed`, so the same params give the same answers.
+    `decoding.seed`, so the same params give the same answers. With `decoding.rerank_k` the model
+    also scores the answers `index` retrieves (chitchat.answering.rerank), as serving does.
     """
+    if decoding.rerank_k and index is None:
+        raise ValueError("evaluate.decoding.rerank_k needs the retrieval index in data/model/retrieval "
+                         "(rerun `dvc repro -f train`)")
+    histories = histories if histories is not None else [[] for _ in questions]
     frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories,
-                          "history": histories if histories is not None else [[] for _ in questions]},
-                         schema_overrides={"history": pl.List(pl.String)})
+                          "history": histories}, schema_overrides={"history": pl.List(pl.String)})
     examples = encode_pairs(frame, tok, max_src_len, 2, model.cfg.condition, max_history)
+    turns = histories if max_history is None else [list(h)[-max_history:] if max_history > 0 else [] for h in histories]
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
-        src, _ = collate(examples[start : start + batch_size], tok.pad_id)
+        batch = examples[start : start + batch_size]
+        if decoding.rerank_k:
+            part = slice(start, start + batch_size)
+            ranked = rerank(model, tok, index, [e.src for e in batch], questions[part], categories[part], turns[part],
+                            decoding, max_tgt_len, device)
+            answers += [row[0].text if row else "" for row in ranked]
+            continue
+        src, _ = collate(batch, tok.pad_id)
         for hyps in generate(model, src.to(device), decoding, tok.bos_id, tok.eos_id, tok.never_generated):
             answers.append(tok.decode(hyps[0].ids))
     return answers
 
 
+def retrieve_answers(index: RetrievalIndex, prompts: pl.DataFrame) -> list[str]:
+    """The retrieval baseline's answer to each prompt row (question, category, history)."""
+    hits = index.search(prompts["question"].to_list(), prompts["category"].to_list(), prompts["history"].to_list())
+    return [found[0].answer if found else "" for found in hits]
+
+
+def text_metrics(answers: list[str], hyps: list[str], refs: list[str]) -> dict:
+    """Scores of generated text: `answers` one per prompt, `hyps` one per pair beside its reference."""
+    bleu, bleu_sig = M.bleu(hyps, refs)
+    chrf, chrf_sig = M.chrf(hyps, refs)
+    return {
+        "bleu": bleu,
+        "bleu_signature": bleu_sig,
+        "chrf": chrf,
+        "chrf_signature": chrf_sig,
+        **M.rouge(hyps, refs),
+        "rouge_tokenizer": M.UnicodeWordTokenizer.name,
+        "distinct_1": M.distinct_n(answers, 1),
+        "distinct_2": M.distinct_n(answers, 2),
+        "known_word_rate": M.known_word_rate(answers),
+        "unique_answer_rate": M.unique_answer_rate(answers),
+        "mean_answer_words": sum(map(M.word_count, answers)) / max(1, len(answers)),
+        "empty_answers": sum(not a.strip() for a in answers) / max(1, len(answers)),
+    }
+
+
+def reference_metrics(refs: list[str]) -> dict:
+    """What the references themselves score on the metrics that need no reference."""
+    return {"reference_known_word_rate": M.known_word_rate(refs),
+            "mean_reference_words": sum(map(M.word_count, refs)) / max(1, len(refs))}
+
+
 def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_len: int,
-                   max_tgt_len: int, cfg: EvalConfig, device, max_history: int | None = None
-                   ) -> tuple[dict, pl.DataFrame]:
+                   max_tgt_len: int, cfg: EvalConfig, device, max_history: int | None = None,
+                   index: RetrievalIndex | None = None) -> tuple[dict, pl.DataFrame]:
     """Return (metrics, one row per pair with the generated answer).
 
     `max_history` is the checkpoint's (None: every turn of the `history` column); each distinct
-    (history the model sees, question, category) is answered once.
+    (history the model sees, question, category) is answered once. With the model's retrieval
+    `index`, its answers are scored too (under "retrieval") and shown beside the model's.
     """
     pairs = with_context(pairs, max_history)
     examples = encode_pairs(pairs, tok, max_src_len, max_tgt_len, model.cfg.condition)
@@ -79,33 +127,44 @@ def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_
 
     prompts = pairs.select(PROMPT_KEYS).unique(maintain_order=True)
     answers = generate_answers(model, tok, prompts["question"].to_list(), prompts["category"].to_list(),
-                               max_src_len, cfg.decoding, cfg.batch_size, device, prompts["history"].to_list())
-    scored = pairs.join(prompts.with_columns(pl.Series("generated", answers)),
-                        on=PROMPT_KEYS, how="left", maintain_order="left")
-    hyps, refs = scored["generated"].to_list(), scored["answer"].to_list()
-    bleu, bleu_sig = M.bleu(hyps, refs)
-    chrf, chrf_sig = M.chrf(hyps, refs)
-    rouge = M.rouge(hyps, refs)
+                               max_src_len, cfg.decoding, cfg.batch_size, device, prompts["history"].to_list(),
+                               index=index, max_tgt_len=max_tgt_len)
+    columns = {"generated": answers}
+    if index is not None:
+        columns["retrieval"] = retrieve_answers(index, prompts)
+    scored = _scored(pairs, prompts, columns)
+    refs = scored["answer"].to_list()
     result = {
         "pairs": pairs.height,
         "questions": prompts.height,
         "nll_per_token": nll / max(1, n_tokens),
         "ppl_token": M.perplexity(nll, n_tokens),
         "ppl_word": M.perplexity(nll, n_words),
-        "bleu": bleu,
-        "bleu_signature": bleu_sig,
-        "chrf": chrf,
-        "chrf_signature": chrf_sig,
-        **rouge,
-        "rouge_tokenizer": M.UnicodeWordTokenizer.name,
-        "distinct_1": M.distinct_n(answers, 1),
-        "distinct_2": M.distinct_n(answers, 2),
-        "mean_answer_words": sum(map(M.word_count, answers)) / max(1, len(answers)),
-        "mean_reference_words": sum(map(M.word_count, refs)) / max(1, len(refs)),
-        "empty_answers": sum(not a.strip() for a in answers) / max(1, len(answers)),
+        **text_metrics(answers, scored["generated"].to_list(), refs),
+        **reference_metrics(refs),
         "decoding": asdict(cfg.decoding),
     }
+    if index is not None:  # the baseline every model is compared with, on the same questions
+        result["retrieval"] = text_metrics(columns["retrieval"], scored["retrieval"].to_list(), refs)
     return result, scored
+
+
+def evaluate_retrieval(index: RetrievalIndex, pairs: pl.DataFrame, max_history: int) -> tuple[dict, pl.DataFrame]:
+    """evaluate_model's text metrics for model type retrieval (no perplexity: it has no probabilities)."""
+    pairs = with_context(pairs, max_history)
+    prompts = pairs.select(PROMPT_KEYS).unique(maintain_order=True)
+    answers = retrieve_answers(index, prompts)
+    scored = _scored(pairs, prompts, {"generated": answers})
+    refs = scored["answer"].to_list()
+    result = {"pairs": pairs.height, "questions": prompts.height,
+              **text_metrics(answers, scored["generated"].to_list(), refs), **reference_metrics(refs)}
+    return result, scored
+
+
+def _scored(pairs: pl.DataFrame, prompts: pl.DataFrame, columns: dict[str, list[str]]) -> pl.DataFrame:
+    """`pairs` with each prompt's answers (one column per answerer) joined to every pair of the prompt."""
+    answered = prompts.with_columns(*(pl.Series(name, values, dtype=pl.String) for name, values in columns.items()))
+    return pairs.join(answered, on=PROMPT_KEYS, how="left", maintain_order="left")
 
 
 def with_context(pairs: pl.DataFrame, max_history: int | None) -> pl.DataFrame:
@@ -118,17 +177,20 @@ def with_context(pairs: pl.DataFrame, max_history: int | None) -> pl.DataFrame:
 
 def examples_markdown(scored: pl.DataFrame, n: int, seed: int) -> str:
     """A Markdown table of `n` seeded rows: question, category, reference, generated; with a context
-    column (earlier turns joined by ` / `) where any pair has history."""
+    column (earlier turns joined by ` / `) where any pair has history, and the retrieval baseline's
+    answer where `scored` has one."""
     rows = scored.sample(n=min(n, scored.height), seed=seed, shuffle=False) if scored.height else scored
     context = "history" in rows.columns and bool(rows["history"].list.len().sum())
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ") or "∅"
 
-    head = ["context"] * context + ["question", "category", "reference", "generated"]
+    retrieval = "retrieval" in rows.columns  # a generative model's table shows the baseline beside it
+    head = ["context"] * context + ["question", "category", "reference", "generated"] + ["retrieval"] * retrieval
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows.iter_rows(named=True):
-        cells = [" / ".join(r["history"] or [])] * context + [r["question"], r["category"], r["answer"], r["generated"]]
+        cells = ([" / ".join(r["history"] or [])] * context + [r["question"], r["category"], r["answer"], r["generated"]]
+                 + ([r["retrieval"]] if retrieval else []))
         lines.append("| " + " | ".join(map(cell, cells)) + " |")
     return "\n".join(lines) + "\n"
 

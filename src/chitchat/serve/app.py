@@ -57,6 +57,7 @@ class DecodingOptions(BaseModel):
     top_p: float = Field(D.top_p, gt=0, le=1)
     repetition_penalty: float = _bounded("repetition_penalty")
     seed: int = _bounded("seed")
+    rerank_k: int = _bounded("rerank_k", description="0: generate; k: also score the k best retrieved train answers")
 
     def config(self) -> DecodingConfig:
         return DecodingConfig(**self.model_dump())
@@ -193,8 +194,7 @@ def _add_api(app: FastAPI, service: ChatService, batcher: Batcher) -> None:
     @app.get("/health")
     async def health() -> dict:
         """Liveness; answers at once even while a decode is running."""
-        cfg = service.model.cfg
-        return {"status": "ok", "model": {"type": cfg.type, "conditioned": service.conditioned,
+        return {"status": "ok", "model": {"type": service.model_type, "conditioned": service.conditioned,
                                           "categories": len(service.categories), "max_history": service.max_history,
                                           "condition_field": service.condition_field},
                 "busy": batcher.busy, "waiting": len(batcher.waiting), "decoder_calls": batcher.calls}

@@ -24,6 +24,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "top_k": (0, 100_000),
     "repetition_penalty": (0.01, 10.0),
     "seed": (0, 2**63 - 1),  # torch seeds are 64-bit
+    "rerank_k": (0, 50),  # retrieved answers the model scores per question (each one a forward pass)
 }
 MAX_QUESTION = MAX_QUESTION_CHARS  # characters, as the service counts them
 MAX_CATEGORY = 200  # characters of a category name
