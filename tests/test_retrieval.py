@@ -184,6 +184,27 @@ def test_rerank_returns_the_likeliest_of_own_and_retrieved_answers(ranked_servic
     assert ranked[0].score == pytest.approx(best, abs=1e-5)
 
 
+def test_rerank_only_retrieved_and_with_mutual_information(ranked_service):
+    svc = ranked_service
+    question, category = "Сколько варить яйцо?", "Еда, Кулинария"
+    retrieved = [h.answer for h in svc.index.search([question], [category], k=5)[0]]
+    only = svc.reply(question, category, DecodingConfig(strategy="beam", n=5, rerank_k=5, rerank_own=False)).answers
+    assert sorted(a.text for a in only) == sorted(set(retrieved))  # its own answers left out, every retrieved one kept
+    mmi = svc.reply(question, category, DecodingConfig(strategy="beam", n=5, rerank_k=5, rerank_own=False,
+                                                       rerank_mmi=0.7)).answers
+    rows, _, _ = svc._sources([question], [category], [[]])
+    blank, _, _ = svc._sources([""], [category], [[]])
+    assert blank[0] == [rows[0][0], svc.tokenizer.eos_id]  # the category alone
+    for answer in mmi:
+        target = [target_ids(svc.tokenizer, answer.text, svc.max_tgt_len)]
+        want = (mean_logprobs(svc.model, rows, target, svc.tokenizer.pad_id, "cpu")[0]
+                - 0.7 * mean_logprobs(svc.model, blank, target, svc.tokenizer.pad_id, "cpu")[0])
+        assert answer.score == pytest.approx(want, abs=1e-5)
+    assert [a.score for a in mmi] == sorted((a.score for a in mmi), reverse=True)
+    with pytest.raises(RequestError, match="rerank_own must be true when rerank_k is 0"):
+        svc.reply(question, category, DecodingConfig(rerank_own=False))
+
+
 def test_rerank_reaches_the_command_line_and_the_web_api(tmp_path_factory, index):
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner

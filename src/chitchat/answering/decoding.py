@@ -39,6 +39,8 @@ class DecodingConfig:
     repetition_penalty: float = 1.0  # every strategy: log-probs of generated tokens are multiplied by it (1.0 = off)
     seed: int = 0  # nucleus: torch.Generator seed, so the same seed gives the same text
     rerank_k: int = 0  # retrieve-then-rank: the model also scores the answers of the k best retrieved train pairs (0 = off)
+    rerank_own: bool = True  # rerank: the model's own hypotheses compete with the retrieved answers (False: only those)
+    rerank_mmi: float = 0.0  # rerank: score - this * the answer's score with no question (0 = off; 1 = mutual information)
 
     def validate(self) -> "DecodingConfig":
         """Self, or ValueError with one line naming the first bad field and its allowed range."""
@@ -57,6 +59,8 @@ class DecodingConfig:
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1.0 = off)"),
             ("rerank_k", 0 <= self.rerank_k <= 100, "in [0, 100] (0 = off)"),
+            ("rerank_mmi", 0 <= self.rerank_mmi <= 1, "in [0, 1] (0 = off)"),
+            ("rerank_own", self.rerank_own or self.rerank_k > 0, "true when rerank_k is 0 (nothing to answer with)"),
         ]
         for name, ok, allowed in checks:
             if not ok:

@@ -217,8 +217,9 @@ class ChatService:
             from chitchat.answering.rerank import rerank  # scikit-learn and polars only where they are used
 
             with self._lock:
+                neutral = self._sources([""] * len(texts), names)[0] if decoding.rerank_mmi else None
                 ranked = rerank(self.model, self.tokenizer, self.index, rows, texts, names, contexts, decoding,
-                                self.max_tgt_len, self.device)
+                                self.max_tgt_len, self.device, neutral)
             answers = [[Answer(c.text, c.score) for c in row] for row in ranked]
         else:
             with self._lock, torch.inference_mode():

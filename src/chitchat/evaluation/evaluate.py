@@ -61,6 +61,10 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
     frame = pl.DataFrame({"question": questions, "answer": [""] * len(questions), "category": categories,
                           "history": histories}, schema_overrides={"history": pl.List(pl.String)})
     examples = encode_pairs(frame, tok, max_src_len, 2, model.cfg.condition, max_history)
+    neutral = None  # rerank_mmi: the same sources without their question
+    if decoding.rerank_k and decoding.rerank_mmi:
+        blank = frame.with_columns(question=pl.lit(""), history=pl.Series([[]] * frame.height, dtype=pl.List(pl.String)))
+        neutral = [e.src for e in encode_pairs(blank, tok, max_src_len, 2, model.cfg.condition, max_history)]
     turns = histories if max_history is None else [list(h)[-max_history:] if max_history > 0 else [] for h in histories]
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
@@ -68,7 +72,7 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
         if decoding.rerank_k:
             part = slice(start, start + batch_size)
             ranked = rerank(model, tok, index, [e.src for e in batch], questions[part], categories[part], turns[part],
-                            decoding, max_tgt_len, device)
+                            decoding, max_tgt_len, device, neutral[part] if neutral is not None else None)
             answers += [row[0].text if row else "" for row in ranked]
             continue
         src, _ = collate(batch, tok.pad_id)

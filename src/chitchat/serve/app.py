@@ -58,6 +58,8 @@ class DecodingOptions(BaseModel):
     repetition_penalty: float = _bounded("repetition_penalty")
     seed: int = _bounded("seed")
     rerank_k: int = _bounded("rerank_k", description="0: generate; k: also score the k best retrieved train answers")
+    rerank_own: bool = Field(D.rerank_own, description="rerank: the model's own answers compete too")
+    rerank_mmi: float = Field(D.rerank_mmi, ge=0, le=1, description="rerank: minus this x the answer's score without the question")
 
     def config(self) -> DecodingConfig:
         return DecodingConfig(**self.model_dump())
