@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _shared() -> Path:
-    """The team's shared data folder: $CHITCHAT_SHARED, ../shared beside the checkout, or /work/shared."""
-    for candidate in (os.environ.get("CHITCHAT_SHARED"), REPO.parent / "shared", "/work/shared"):
-        if candidate and (Path(candidate) / "data").is_dir():
-            return Path(candidate)
-    return REPO.parent / "shared"
-
-
-SHARED = _shared()
-ANEKDOT = SHARED / "data" / "anekdot_dialogues" / "extract_dialogues_from_anekdots.tar.xz"
+ANEKDOT_REL = "data/raw/anekdot_dialogues/extract_dialogues_from_anekdots.tar.xz"  # embedded, a default input
+ANEKDOT = REPO / ANEKDOT_REL
 
 
 def write_jsonl(path: Path, records: list, raw_lines: list[str] | None = None) -> Path:

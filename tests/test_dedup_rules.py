@@ -222,7 +222,6 @@ def test_missing_near_section_means_every_rule_on():
     assert dedup_config({"exact": False}).near == NearKeyConfig()
 
 
-@pytest.mark.skipif(not ANEKDOT.is_file(), reason=f"shared dialogues not found at {ANEKDOT}")
 def test_the_shared_dialogues():
     from chitchat.data.sources import InputSpec, read_inputs
 

@@ -10,9 +10,11 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import ANEKDOT, REPO
+from conftest import ANEKDOT_REL, REPO
 
-TINY = {
+TINY = {  # the QA sample alone, so the copy reproduces in about a minute
+    "prepare": {"inputs": [{"path": "data/raw/qa_data.jsonl.zip", "format": "auto"}]},
+    "split": {"valid_fraction": 0.1, "test_fraction": 0.1},
     "tokenizer": {"vocab_size": 500},
     "model": {"emb_dim": 16, "hidden_dim": 32},
     "train": {"epochs": 2, "max_tokens": 512, "eval_every": 5, "warmup_steps": 5},
@@ -126,12 +128,11 @@ def test_decoding_experiment_reruns_only_evaluate(project):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ANEKDOT.is_file(), reason=f"shared dialogues not found at {ANEKDOT}")
 def test_the_sample_and_the_shared_dialogues_run_through_repro_together(tmp_path):
     """Two inputs of different formats, the embedded QA sample and the shared anekdot dialogues,
     make one table with a `source` column that every stage carries through to the metrics."""
     inputs = [{"path": "data/raw/qa_data.jsonl.zip"},
-              {"path": str(ANEKDOT), "format": "dialogues", "name": "anekdots", "category": "Анекдоты"}]
+              {"path": ANEKDOT_REL, "format": "dialogues", "name": "anekdots", "category": "Анекдоты"}]
     overrides = {**TINY, "prepare": {"inputs": inputs}, "split": {"valid_fraction": 0.02, "test_fraction": 0.02},
                  "train": {**TINY["train"], "epochs": 1, "max_tokens": 8192}}
     root = reproduced_copy(tmp_path, overrides)

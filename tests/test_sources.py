@@ -112,7 +112,6 @@ def test_bad_inputs_param(entries, message):
         parse_inputs(entries)
 
 
-@pytest.mark.skipif(not ANEKDOT.is_file(), reason=f"shared dialogues not found at {ANEKDOT}")
 def test_the_shared_anekdot_dialogues_read_as_their_readme_counts():
     df, reports = read_inputs([InputSpec(str(ANEKDOT))])
     report = reports["extract_dialogues_from_anekdots"]
