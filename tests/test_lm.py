@@ -286,6 +286,7 @@ def pipeline_run(tmp_path_factory) -> Path:
     (root / "book.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["prepare"]["inputs"] = [{"path": "book.txt", "format": "text"}]
+    params["split"].update(valid_fraction=0.1, test_fraction=0.1)  # 42 paragraphs: a few each
     params["tokenizer"]["vocab_size"] = 200
     params["model"].update(task="lm", type="transformer", emb_dim=16, hidden_dim=32, heads=2, layers=1, max_len=32)
     params["train"].update(epochs=2, max_tokens=512, eval_every=5, warmup_steps=2, max_tgt_len=32, checkpoint_every=0)

@@ -4,6 +4,7 @@ metrics that tell words from noise."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -125,6 +126,20 @@ def test_chat_service_loads_the_retrieval_baseline(index, tmp_path):
         service.reply("Привет", "Нет такой")
 
 
+def test_the_web_api_serves_the_retrieval_baseline(index, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from chitchat.serve.app import create_app
+
+    service = ChatService.load(write_retrieval_model(tmp_path, index), device="cpu")
+    with TestClient(create_app(service)) as client:
+        health = client.get("/health").json()
+        assert health["model"]["type"] == "retrieval" and health["model"]["categories"] == len(PAIRS)
+        got = client.post("/api/answer", json={"question": "как сварить борщ", "category": "еда, кулинария"})
+        assert got.status_code == 200, got.text
+        assert got.json()["answers"][0]["text"] == "Свёкла, капуста, мясо и терпение."
+
+
 def test_train_and_evaluate_stages_run_model_type_retrieval(tmp_path):
     split = tmp_path / "split"
     split.mkdir()
@@ -222,6 +237,13 @@ def test_rerank_reaches_the_command_line_and_the_web_api(tmp_path_factory, index
     out = CliRunner().invoke(cli_app, ["ask", question, "-c", category, "--rerank-k", "5", "--model", str(directory)])
     assert out.exit_code == 0, out.output
     assert out.output.strip() == want
+    picked = fresh.reply(question, category, DecodingConfig(rerank_k=5, rerank_own=False, rerank_mmi=0.5)).answers[0]
+    out = CliRunner().invoke(cli_app, ["ask", question, "-c", category, "--rerank-k", "5", "--no-rerank-own",
+                                       "--rerank-mmi", "0.5", "--json", "--model", str(directory)])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    assert got["answers"][0]["text"] == picked.text and got["decoding"]["rerank_mmi"] == 0.5
+    assert got["answers"][0]["text"] in {h.answer for h in fresh.index.search([question], [category], k=5)[0]}
     with TestClient(create_app(ChatService.load(directory, device="cpu"))) as client:
         body = {"question": question, "category": category, "decoding": {"rerank_k": 5}}
         got = client.post("/api/answer", json=body)

@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 
 from chitchat.cli.common import (D, BeamSize, Category, Device, LengthPenalty, MaxNew, MinNew, ModelDir, N,
-                                 NoRepeat, RepPenalty, RerankK, Seed, Strategy, Temperature, TopK, TopP, decoding_from,
-                                 one_line_errors, load_chat_service, load_lm_service, print_answers,
-                                 truncation_note)
+                                 NoRepeat, RepPenalty, RerankK, RerankMMI, RerankOwn, Seed, Strategy, Temperature,
+                                 TopK, TopP, decoding_from, one_line_errors, load_chat_service, load_lm_service,
+                                 print_answers, truncation_note)
 
 
 def ask(
@@ -32,6 +32,8 @@ def ask(
     repetition_penalty: RepPenalty = D.repetition_penalty,
     length_penalty: LengthPenalty = D.length_penalty,
     rerank_k: RerankK = D.rerank_k,
+    rerank_own: RerankOwn = D.rerank_own,
+    rerank_mmi: RerankMMI = D.rerank_mmi,
     model: ModelDir = Path("data/model"),
     device: Device = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -42,7 +44,8 @@ def ask(
             strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,
             n=n, seed=seed, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             no_repeat_ngram_size=no_repeat_ngram, repetition_penalty=repetition_penalty,
-            length_penalty=length_penalty, rerank_k=rerank_k,
+            length_penalty=length_penalty, rerank_k=rerank_k, rerank_own=rerank_own,
+            rerank_mmi=rerank_mmi,
         )
         service = load_chat_service(model, device)
         start = time.perf_counter()

@@ -12,8 +12,8 @@ import typer
 
 from chitchat.answering.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
 from chitchat.cli.common import (D, BeamSize, Category, Device, MaxNew, ModelDir, N, NoRepeat, RepPenalty, RerankK,
-                                 Seed, Strategy, Temperature, TopK, TopP, decoding_from, one_line_errors,
-                                 load_chat_service, print_answers, truncation_note)
+                                 RerankMMI, RerankOwn, Seed, Strategy, Temperature, TopK, TopP, decoding_from,
+                                 one_line_errors, load_chat_service, print_answers, truncation_note)
 
 HELP = """commands:
   /category NAME   answer in this category (/category alone lists them, /category - clears it)
@@ -38,6 +38,8 @@ def chat(
     no_repeat_ngram: NoRepeat = D.no_repeat_ngram_size,
     repetition_penalty: RepPenalty = D.repetition_penalty,
     rerank_k: RerankK = D.rerank_k,
+    rerank_own: RerankOwn = D.rerank_own,
+    rerank_mmi: RerankMMI = D.rerank_mmi,
     model: ModelDir = Path("data/model"),
     device: Device = "cpu",
 ) -> None:
@@ -46,7 +48,8 @@ def chat(
         decoding = decoding_from(
             strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,
             n=n, seed=seed, max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram,
-            repetition_penalty=repetition_penalty, rerank_k=rerank_k,
+            repetition_penalty=repetition_penalty, rerank_k=rerank_k, rerank_own=rerank_own,
+            rerank_mmi=rerank_mmi,
         )
         service = load_chat_service(model, device)
         session = ChatSession(service, service.resolve_category(category), service.check_decoding(decoding))

@@ -32,6 +32,10 @@ RepPenalty = Annotated[float, typer.Option("--repetition-penalty", help=">1 make
 LengthPenalty = Annotated[float, typer.Option("--length-penalty", help="beam: >1 favours longer answers")]
 RerankK = Annotated[int, typer.Option("--rerank-k", help="also score the answers of the k most similar train questions "
                                       "and return the likeliest (0 = off; needs the index beside the model)")]
+RerankOwn = Annotated[bool, typer.Option("--rerank-own/--no-rerank-own",
+                                         help="rerank: the model's own answers compete with the retrieved ones")]
+RerankMMI = Annotated[float, typer.Option("--rerank-mmi", help="rerank: subtract this x each answer's score "
+                                          "with no question, against answers that fit everything (0 = off)")]
 
 
 @contextmanager
