@@ -7,7 +7,7 @@ import polars as pl
 import torch
 import typer
 
-from chitchat.answering.checkpoint import RETRIEVAL_DIR, load_checkpoint, load_tokenizer, read_checkpoint
+from chitchat.answering.checkpoint import RETRIEVAL_DIR, load_tokenizer, model_from_checkpoint, read_checkpoint
 from chitchat.answering.retrieval import RetrievalIndex
 from chitchat.evaluation.evaluate import (EvalConfig, continuations_markdown, evaluate_lm, evaluate_model,
                                           evaluate_retrieval, examples_markdown)
@@ -37,7 +37,7 @@ def main(
             result, scored = evaluate_retrieval(RetrievalIndex.load(index_dir), pl.read_parquet(test), max_history)
             _write(result, scored, "retrieval", max_history, cfg, metrics, examples)
             return
-        model, ckpt = load_checkpoint(model_dir, "cpu")
+        model = model_from_checkpoint(model_dir, ckpt, "cpu")  # the dict read above: model.pt is loaded once
         tok = load_tokenizer(model_dir, ckpt)  # ours, or the pretrained one of model type hf
         pairs = pl.read_parquet(test)
         if ckpt["model_config"].get("task") == "lm":  # a language model: perplexities and continuations

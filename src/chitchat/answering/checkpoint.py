@@ -59,18 +59,23 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, dict]:
     """The model in eval mode on `device`, and the checkpoint dict."""
-    path = checkpoint_file(path)
     ckpt = read_checkpoint(path, device)
+    return model_from_checkpoint(path, ckpt, device), ckpt
+
+
+def model_from_checkpoint(path: str | Path, ckpt: dict, device: str | torch.device = "cpu") -> Seq2Seq:
+    """The model of a checkpoint dict already read (read_checkpoint), in eval mode on `device`."""
+    path = checkpoint_file(path)
     if ckpt["model_config"].get("type") == "retrieval":
         raise InputError(path, "this is the retrieval baseline (model.type retrieval): it has no network to load")
     cfg = ModelConfig(**ckpt["model_config"])
     if cfg.type == "hf":  # a self-contained HF folder beside model.pt; transformers only for this type
         from chitchat.models.hf import load_hf_model
 
-        return load_hf_model(path.parent / ckpt.get("hf_dir", HF_DIR), cfg, device), ckpt
+        return load_hf_model(path.parent / ckpt.get("hf_dir", HF_DIR), cfg, device)
     model = build_model(cfg)
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval()
 
 
 def load_tokenizer(model_dir: str | Path, ckpt: dict):

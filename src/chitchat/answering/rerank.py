@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from chitchat.answering.decoding import DecodingConfig, Hypothesis, generate
-from chitchat.answering.retrieval import RetrievalIndex
+from chitchat.answering.retrieval import Hit, RetrievalIndex
 from chitchat.models.base import Seq2Seq, right_pad
 
 SCORE_BATCH = 64  # candidates scored in one teacher-forced pass
@@ -60,16 +60,20 @@ def mean_logprobs(model: Seq2Seq, sources: Sequence[Sequence[int]], targets: Seq
 
 def rerank(model: Seq2Seq, tok, index: RetrievalIndex, sources: Sequence[Sequence[int]], questions: Sequence[str],
            categories: Sequence[str | None], histories: Sequence[Sequence[str] | None], decoding: DecodingConfig,
-           max_tgt_len: int, device, neutral: Sequence[Sequence[int]] | None = None) -> list[list[Candidate]]:
+           max_tgt_len: int, device, neutral: Sequence[Sequence[int]] | None = None,
+           hits: Sequence[Sequence[Hit]] | None = None) -> list[list[Candidate]]:
     """The best `decoding.n` candidates per question, model's own and retrieved, best first.
 
     `neutral` holds each question's source without the question (the same category and
-    prompt): needed when `decoding.rerank_mmi` > 0.
+    prompt): needed when `decoding.rerank_mmi` > 0. `hits` are the questions' retrieved pairs
+    when the caller has searched already (their first `rerank_k` count); None: `index` is searched.
     """
     if decoding.rerank_mmi and neutral is None:
         raise ValueError("decoding.rerank_mmi needs the sources without their questions")
     own = _own_hypotheses(model, tok, sources, decoding, device) if decoding.rerank_own else [[] for _ in sources]
-    hits = index.search(questions, categories, histories, k=decoding.rerank_k)
+    if hits is None:
+        hits = index.search(questions, categories, histories, k=decoding.rerank_k)
+    hits = [found[: decoding.rerank_k] for found in hits]
     pool: list[tuple[int, str, str, list[int]]] = []  # (question, source, text, target ids)
     for q, (hyps, found) in enumerate(zip(own, hits)):
         pool += _own_candidates(q, hyps, tok)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from chitchat.answering.checkpoint import RETRIEVAL_DIR, checkpoint_file, load_checkpoint, load_tokenizer, read_checkpoint
+from chitchat.answering.checkpoint import (RETRIEVAL_DIR, checkpoint_file, load_tokenizer, model_from_checkpoint,
+                                          read_checkpoint)
 from chitchat.answering.decoding import DecodingConfig, generate
 from chitchat.data.normalize import normalize_text
 from chitchat.core.errors import InputError
@@ -124,9 +125,9 @@ class ChatService:
             from chitchat.answering.retrieval import RetrievalIndex
 
             return RetrievalChatService(RetrievalIndex.load(index_dir), *normalization)
-        model, ckpt = load_checkpoint(model_dir, dev)
         if ckpt["model_config"].get("task") == "lm":  # a language model continues text; it answers nothing
             raise InputError(model_dir, "this is a style-continuation model (model.task lm): use `chitchat continue`")
+        model = model_from_checkpoint(model_dir, ckpt, dev)  # the dict read above: model.pt is loaded once
         tokenizer = load_tokenizer(model_dir, ckpt)
         if ckpt["model_config"]["type"] == "hf":  # a fine-tuned pretrained LM: its prompt is text
             cls = HFChatService

@@ -17,6 +17,7 @@ from chitchat.answering.rerank import rerank
 from chitchat.answering.retrieval import RetrievalIndex
 from chitchat.core.io import config_from
 from chitchat.models.base import Seq2Seq
+from chitchat.text.prompt import recent_turns
 from chitchat.text.tokenizer import Tokenizer
 from chitchat.training.batching import collate, encode_pairs, encode_text_windows
 from chitchat.training.loop import corpus_nll
@@ -46,13 +47,14 @@ class EvalConfig:
 def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categories: list[str],
                      max_src_len: int, decoding: DecodingConfig, batch_size: int, device,
                      histories: list[list[str]] | None = None, max_history: int | None = None,
-                     index: RetrievalIndex | None = None, max_tgt_len: int = 48) -> list[str]:
+                     index: RetrievalIndex | None = None, max_tgt_len: int = 48, hits=None) -> list[str]:
     """The best answer per question (decoded to text), in the order of `questions`.
 
     `histories` gives each question's earlier turns (oldest first); sources are built as in
     training (chitchat.text.prompt). Nucleus sampling draws from one generator per batch seeded by
     `decoding.seed`, so the same params give the same answers. With `decoding.rerank_k` the model
-    also scores the answers `index` retrieves (chitchat.answering.rerank), as serving does.
+    also scores the answers `index` retrieves (chitchat.answering.rerank), as serving does; `hits`
+    are those already retrieved, one list per question (None: `index` is searched).
     """
     if decoding.rerank_k and index is None:
         raise ValueError("evaluate.decoding.rerank_k needs the retrieval index in data/model/retrieval "
@@ -65,14 +67,15 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
     if decoding.rerank_k and decoding.rerank_mmi:
         blank = frame.with_columns(question=pl.lit(""), history=pl.Series([[]] * frame.height, dtype=pl.List(pl.String)))
         neutral = [e.src for e in encode_pairs(blank, tok, max_src_len, 2, model.cfg.condition, max_history)]
-    turns = histories if max_history is None else [list(h)[-max_history:] if max_history > 0 else [] for h in histories]
+    turns = [recent_turns(h, max_history) for h in histories]
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         if decoding.rerank_k:
             part = slice(start, start + batch_size)
             ranked = rerank(model, tok, index, [e.src for e in batch], questions[part], categories[part], turns[part],
-                            decoding, max_tgt_len, device, neutral[part] if neutral is not None else None)
+                            decoding, max_tgt_len, device, neutral[part] if neutral is not None else None,
+                            hits[part] if hits is not None else None)
             answers += [row[0].text if row else "" for row in ranked]
             continue
         src, _ = collate(batch, tok.pad_id)
@@ -81,9 +84,13 @@ def generate_answers(model: Seq2Seq, tok: Tokenizer, questions: list[str], categ
     return answers
 
 
-def retrieve_answers(index: RetrievalIndex, prompts: pl.DataFrame) -> list[str]:
-    """The retrieval baseline's answer to each prompt row (question, category, history)."""
-    hits = index.search(prompts["question"].to_list(), prompts["category"].to_list(), prompts["history"].to_list())
+def retrieve(index: RetrievalIndex, prompts: pl.DataFrame, k: int = 1) -> list:
+    """The `k` best train pairs for each prompt row (question, category, history)."""
+    return index.search(prompts["question"].to_list(), prompts["category"].to_list(), prompts["history"].to_list(), k=k)
+
+
+def top_answers(hits) -> list[str]:
+    """The retrieval baseline's answer: the first hit's, per prompt."""
     return [found[0].answer if found else "" for found in hits]
 
 
@@ -130,12 +137,14 @@ def evaluate_model(model: Seq2Seq, tok: Tokenizer, pairs: pl.DataFrame, max_src_
     n_words = sum(M.word_count(tok.decode(e.tgt[1:])) + 1 for e in examples)
 
     prompts = pairs.select(PROMPT_KEYS).unique(maintain_order=True)
+    # one search serves both the baseline's column and rerank_k (its first hit is the baseline's answer)
+    hits = retrieve(index, prompts, max(1, cfg.decoding.rerank_k)) if index is not None else None
     answers = generate_answers(model, tok, prompts["question"].to_list(), prompts["category"].to_list(),
                                max_src_len, cfg.decoding, cfg.batch_size, device, prompts["history"].to_list(),
-                               index=index, max_tgt_len=max_tgt_len)
+                               index=index, max_tgt_len=max_tgt_len, hits=hits)
     columns = {"generated": answers}
-    if index is not None:
-        columns["retrieval"] = retrieve_answers(index, prompts)
+    if hits is not None:
+        columns["retrieval"] = top_answers(hits)
     scored = _scored(pairs, prompts, columns)
     refs = scored["answer"].to_list()
     result = {
@@ -157,7 +166,7 @@ def evaluate_retrieval(index: RetrievalIndex, pairs: pl.DataFrame, max_history: 
     """evaluate_model's text metrics for model type retrieval (no perplexity: it has no probabilities)."""
     pairs = with_context(pairs, max_history)
     prompts = pairs.select(PROMPT_KEYS).unique(maintain_order=True)
-    answers = retrieve_answers(index, prompts)
+    answers = top_answers(retrieve(index, prompts))
     scored = _scored(pairs, prompts, {"generated": answers})
     refs = scored["answer"].to_list()
     result = {"pairs": pairs.height, "questions": prompts.height,
