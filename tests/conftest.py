@@ -14,7 +14,7 @@ ANEKDOT = REPO / ANEKDOT_REL
 
 
 def write_jsonl(path: Path, records: list, raw_lines: list[str] | None = None) -> Path:
-    """Write records as JSON lines (plus raw, possibly broken, lines) to .jsonl/.gz/.zip by suffix."""
+    """Write records as JSON lines (plus raw, possibly broken, lines) to .jsonl/.gz/.bz2/.xz/.zst/.zip by suffix."""
     lines = [json.dumps(r, ensure_ascii=False) for r in records] + list(raw_lines or [])
     data = ("\n".join(lines) + "\n").encode("utf-8")
     if path.suffix == ".zip":
@@ -24,6 +24,15 @@ def write_jsonl(path: Path, records: list, raw_lines: list[str] | None = None) -
         import gzip
 
         path.write_bytes(gzip.compress(data))
+    elif path.suffix in (".bz2", ".xz"):
+        import bz2
+        import lzma
+
+        path.write_bytes((bz2 if path.suffix == ".bz2" else lzma).compress(data))
+    elif path.suffix == ".zst":
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
     else:
         path.write_bytes(data)
     return path

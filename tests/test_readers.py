@@ -10,7 +10,7 @@ from chitchat.core.errors import InputError
 from conftest import write_jsonl
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zip"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.bz2", ".jsonl.xz", ".jsonl.zst", ".jsonl.zip"])
 def test_reads_every_container(tmp_path, qa_records, suffix):
     path = write_jsonl(tmp_path / f"qa{suffix}", qa_records)
     report = ReadReport()
@@ -91,6 +91,53 @@ def test_truncated_gzip_is_fatal(tmp_path, qa_records):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(InputError, match="truncated or corrupt"):
         list(read_qa_jsonl(path, ReadReport()))
+
+
+@pytest.mark.parametrize("suffix", [".bz2", ".xz", ".zst"])
+def test_truncated_bz2_xz_and_zst_are_fatal(tmp_path, qa_records, suffix):
+    """zstandard's own stream reader ends quietly at a cut inside a frame: ours says so."""
+    path = write_jsonl(tmp_path / f"qa.jsonl{suffix}", qa_records * 200)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(InputError, match=f"qa.jsonl{suffix}: compressed stream is truncated or corrupt"):
+        list(read_qa_jsonl(path, ReadReport()))
+
+
+def test_zst_of_several_frames_reads_every_frame(tmp_path, qa_records):
+    """The dump's chunks are written a frame at a time: a file of several frames is one stream."""
+    import zstandard
+
+    one = write_jsonl(tmp_path / "one.jsonl", qa_records).read_bytes()
+    path = tmp_path / "qa.jsonl.zst"
+    path.write_bytes(b"".join(zstandard.ZstdCompressor(level=l).compress(one) for l in (1, 3, 19)))
+    records = list(read_qa_jsonl(path, ReadReport()))
+    assert [r.question for r in records] == [r["question"] for r in qa_records] * 3
+
+
+def test_a_glob_reads_its_files_in_name_order_as_one_input(tmp_path, qa_records):
+    """`data/raw/*.jsonl.zst` as people have the dump: every match, name order, any compression
+    mixed; the report counts lines per file and line numbers run on through them."""
+    folder = tmp_path / "dump"
+    (folder / "sub").mkdir(parents=True)
+    write_jsonl(folder / "part-2.jsonl.zst", qa_records[2:])
+    write_jsonl(folder / "part-1.jsonl.gz", qa_records[:2])
+    write_jsonl(folder / "sub" / "part-3.jsonl.bz2", qa_records[:1])
+    (folder / "notes.txt").write_text("not a match")
+    pairs, reports = read_inputs([InputSpec(str(folder / "part-*.jsonl.*"), name="otvety")])
+    assert pairs.unique("qid", maintain_order=True)["question"].to_list() == [r["question"] for r in qa_records]
+    assert reports["otvety"].members == {str(folder / "part-1.jsonl.gz"): 2, str(folder / "part-2.jsonl.zst"): 1}
+    deep, reports = read_inputs([InputSpec(str(folder / "**" / "part-*.jsonl.*"), name="otvety")])
+    assert deep["qid"].n_unique() == 4 and len(reports["otvety"].members) == 3
+    assert pairs["line"].unique().to_list() == [1, 2, 3]
+
+
+def test_a_glob_that_matches_nothing_or_a_bad_file_names_it(tmp_path, qa_records):
+    with pytest.raises(InputError, match=r"nothing-\*\.jsonl: the pattern matches no file"):
+        read_inputs([InputSpec(str(tmp_path / "nothing-*.jsonl"))])
+    write_jsonl(tmp_path / "a.jsonl.zst", qa_records)
+    bad = write_jsonl(tmp_path / "b.jsonl.zst", qa_records * 100)
+    bad.write_bytes(bad.read_bytes()[:-30])
+    with pytest.raises(InputError, match=r"b\.jsonl\.zst: compressed stream is truncated or corrupt after line 3"):
+        read_inputs([InputSpec(str(tmp_path / "*.jsonl.zst"))])
 
 
 def test_ordered_map_keeps_the_order_raises_in_order_and_bounds_the_work_in_flight():

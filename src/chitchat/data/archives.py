@@ -1,13 +1,18 @@
-"""The bytes of an input file, plain or compressed: a stream per part to read (a `.gz` or `.xz` file,
-the members of a `.zip` or `.tar.*` archive), with deflated zip members inflated by ISA-L.
+"""The bytes of an input, plain or compressed: a stream per part to read (a `.gz`, `.bz2`, `.xz` or
+`.zst` file, the members of a `.zip` or `.tar.*` archive), with deflated zip members inflated by ISA-L.
 
-Fatal problems (missing, empty or corrupt file; an archive without a wanted member) raise
-InputError; so does a stream that fails mid-way, through `stream_error`. Every member of an archive
-with a wanted suffix is read, in name order; macOS resource forks are left out.
+An input path may be a glob (`data/raw/*.jsonl.zst`, `data/raw/**/part-*.jsonl.gz`): the files it
+matches are read in name order as the parts of one input, as the members of an archive are.
+
+Fatal problems (missing, empty or corrupt file; a glob that matches nothing; an archive without a
+wanted member) raise InputError; so does a stream that fails mid-way, through `stream_error`. Every
+member of an archive with a wanted suffix is read, in name order; macOS resource forks are left out.
 """
 
 from __future__ import annotations
 
+import bz2
+import glob
 import gzip
 import io
 import lzma
@@ -18,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
+import zstandard
 from isal import igzip, isal_zlib
 
 from chitchat.core.errors import InputError
@@ -116,8 +122,77 @@ def _tar_stream(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO
                 yield name, handle
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
+def is_glob(path: str | Path) -> bool:
+    """Whether an input path is a pattern (`*`, `?` or `[`) rather than one file."""
+    return bool(GLOB_CHARS & set(str(path)))
+
+
+def expand(path: str | Path) -> list[Path]:
+    """The files an input path names: itself, or what its glob matches (`**` spans folders), in name order."""
+    if not is_glob(path):
+        return [Path(path)]
+    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not files:
+        raise InputError(path, "the pattern matches no file")
+    return files
+
+
+class _Zstd(io.RawIOBase):
+    """A `.zst` file's frames, one after another (the public dump's chunks may hold several), with
+    an end check zstandard's stream reader lacks: a file that ends inside a frame is an EOFError."""
+
+    def __init__(self, path: Path) -> None:
+        self._raw, self._dctx = open(path, "rb"), zstandard.ZstdDecompressor()
+        self._frame, self._out, self._at = None, b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def readinto(self, buffer) -> int:
+        while self._at == len(self._out):
+            self._out, self._at = b"", 0
+            data = self._raw.read(1 << 22)
+            if not data:
+                if self._frame is not None:
+                    raise EOFError("zstd stream ends inside a frame")
+                return 0
+            while data:
+                if self._frame is None:
+                    self._frame = self._dctx.decompressobj()
+                self._out += self._frame.decompress(data)
+                data = b""
+                if self._frame.eof:
+                    data, self._frame = self._frame.unused_data, None
+        n = min(len(buffer), len(self._out) - self._at)
+        buffer[:n] = memoryview(self._out)[self._at:self._at + n]
+        self._at += n
+        return n
+
+
+def _zstd_open(path: Path) -> IO[bytes]:
+    return io.BufferedReader(_Zstd(path), 1 << 20)
+
+
 def raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
-    """(member name, binary stream) for each part of `path` to read; "" names a non-archive."""
+    """(member name, binary stream) for each part of `path` to read; "" names a plain or compressed
+    file; for a glob, each matched file's path (`path::member` for the members of archives among them)."""
+    if is_glob(path):
+        for file in expand(path):
+            for member, stream in _file_streams(file, suffixes):
+                yield (f"{file}::{member}" if member else str(file)), stream
+        return
+    yield from _file_streams(Path(path), suffixes)
+
+
+def _file_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
+    """raw_streams of one file."""
     if not path.exists():
         raise InputError(path, "input file not found")
     if not path.is_file():
@@ -135,9 +210,20 @@ def raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO
     elif name.endswith(".xz"):
         with lzma.open(path, "rb") as handle:
             yield "", handle
+    elif name.endswith(".bz2"):
+        with bz2.open(path, "rb") as handle:
+            yield "", handle
+    elif name.endswith((".zst", ".zstd")):
+        with _zstd_open(path) as handle:
+            yield "", handle
     else:
         with open(path, "rb") as handle:
             yield "", handle
+
+
+def failing_file(path: Path, member: str) -> Path:
+    """The file to name in an error while reading `member` of `path`: for a glob, the matched file."""
+    return Path(member.split("::")[0]) if is_glob(path) and member else path
 
 
 def stream_error(path: Path, line_no: int, exc: BaseException) -> InputError:
@@ -150,4 +236,5 @@ def stream_error(path: Path, line_no: int, exc: BaseException) -> InputError:
 
 
 # what reading a stream of raw_streams may raise mid-way
-STREAM_ERRORS = (EOFError, zlib.error, isal_zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile, OSError)
+STREAM_ERRORS = (EOFError, zlib.error, isal_zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile, OSError,
+                 zstandard.ZstdError)

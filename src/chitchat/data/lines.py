@@ -16,7 +16,7 @@ from typing import Iterator
 
 import polars as pl
 
-from chitchat.data.archives import STREAM_ERRORS, raw_streams, stream_error
+from chitchat.data.archives import STREAM_ERRORS, failing_file, raw_streams, stream_error
 from chitchat.data.parallel import prefetch
 from chitchat.data.read_report import ReadReport
 
@@ -73,7 +73,7 @@ def _utf8_or_none(raw: bytes) -> str | None:
 
 def _chunks(path: Path, suffixes: tuple[str, ...], chunk_bytes: int) -> Iterator[LineChunk]:
     """Read each member in blocks, cut at the last line end of the block, split in polars."""
-    line_no = 0
+    line_no, member = 0, ""
     try:
         for member, stream in raw_streams(path, suffixes):
             pending, first = [], True  # bytes of the unfinished last line
@@ -99,7 +99,7 @@ def _chunks(path: Path, suffixes: tuple[str, ...], chunk_bytes: int) -> Iterator
                 yield LineChunk(line_no + 1, lines, member, nul)
                 line_no += len(lines)
     except STREAM_ERRORS as exc:
-        raise stream_error(path, line_no, exc) from None
+        raise stream_error(failing_file(path, member), line_no, exc) from None
 
 
 def iter_line_chunks(path: str | Path, suffixes: tuple[str, ...] = (".jsonl",),
