@@ -132,7 +132,7 @@ def main(
             if tally.pairs_out == 0:  # inside the block: the temporary file goes, nothing is written
                 raise InputError(specs[0].path, f"no pairs left after filtering ({tally.pairs_in} read)")
         write_json(metrics, {
-            "inputs": [vars(s) for s in specs],
+            "inputs": [{k: v for k, v in vars(s).items() if v is not None} for s in specs],
             "condition_field": condition_field,
             "read": {name: report.as_dict() for name, report in reports.items()},
             "pairs_in": tally.pairs_in,

@@ -1,7 +1,8 @@
 """The inputs `prepare.inputs` lists, in any of the formats users have, as one pairs table.
 
 Formats, each read by a module of its own into the same records (chitchat.data.records):
-- `qa_jsonl` (qa_jsonl.py): the Ответы@Mail.ru dump, one JSON object per line (`.jsonl`, `.gz`, `.zip`).
+- `qa_jsonl` (qa_jsonl.py): the Ответы@Mail.ru dump, one JSON object per line (`.jsonl`, `.gz`, `.zip`);
+  other JSON-lines dumps through a field map (`fields`, `answers_keep`: field_map.py).
 - `pairs_tsv` (pairs_tsv.py): the course's `train.txt`, `question<TAB>answer[<TAB>category]` per line.
 - `dialogues` (dialogues.py): blank-line separated dialogues with one "- " turn per line, or a `.json`
   list of dialogues; every turn after the first answers the one before it.
@@ -22,6 +23,7 @@ assembled in a Python loop.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,6 +32,7 @@ import polars as pl
 
 from chitchat.core.errors import InputError
 from chitchat.data.dialogues import DASHES, SPEAKER_LINE, dialogue_frames
+from chitchat.data.field_map import FieldMap, field_map, mapped_records
 from chitchat.data.lines import TEXT_MEMBERS, iter_line_chunks, iter_lines
 from chitchat.data.normalize import normalize_series, normalize_text
 from chitchat.data.pairs_tsv import tsv_chunk
@@ -59,11 +62,20 @@ class InputSpec:
     format: str = "auto"
     name: str = ""  # the `source` value of its rows; the file name without suffixes when empty
     category: str = ""  # category of rows that have none; `prepare.missing_category` when empty
+    fields: dict | None = None  # qa_jsonl not in the course schema: dotted paths (see field_map.py)
+    answers_keep: str | None = None  # with fields: all | best | top-K
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"prepare.inputs: format of {self.path} must be one of {', '.join(FORMATS)}, "
                              f"got {self.format!r}")
+        if self.field_map is not None and self.format not in ("auto", "qa_jsonl"):
+            raise ValueError(f"prepare.inputs: fields of {self.path} apply to JSON lines (format qa_jsonl), "
+                             f"not {self.format}")
+
+    @property
+    def field_map(self) -> FieldMap | None:
+        return field_map(self.fields, self.answers_keep)
 
     @property
     def source(self) -> str:
@@ -80,10 +92,10 @@ def parse_inputs(entries) -> list[InputSpec]:
             entry = {"path": entry}
         if not isinstance(entry, dict) or "path" not in entry:
             raise ValueError(f"prepare.inputs: each entry needs a path, got {entry!r}")
-        unknown = set(entry) - {"path", "format", "name", "category"}
+        unknown = set(entry) - {"path", "format", "name", "category", "fields", "answers_keep"}
         if unknown:
             raise ValueError(f"prepare.inputs: unknown keys {', '.join(sorted(unknown))} for {entry['path']}")
-        specs.append(InputSpec(**{k: str(v) for k, v in entry.items()}))
+        specs.append(InputSpec(**{k: v if k == "fields" else str(v) for k, v in entry.items()}))
     names = [s.source for s in specs]
     if len(set(names)) < len(names):
         raise ValueError(f"prepare.inputs: two inputs share a source name ({', '.join(names)}); set `name`")
@@ -147,7 +159,8 @@ def _record_jobs(spec: InputSpec, fmt: str, report: ReadReport, max_history: int
     items' reader counts in `report` itself). The QA dump and TSV pairs go a chunk of lines at a
     time, which threads can parse at once; dialogues and prose are assembled in order in Python."""
     if fmt == "qa_jsonl":
-        return iter_line_chunks(spec.path), qa_records
+        fm = spec.field_map
+        return iter_line_chunks(spec.path), (qa_records if fm is None else functools.partial(mapped_records, fm=fm))
     if fmt == "pairs_tsv":
         return iter_line_chunks(spec.path, TEXT_MEMBERS), tsv_chunk
     if fmt == "text":
