@@ -29,13 +29,22 @@ from typing import Any
 import polars as pl
 
 from chitchat.data.lines import LineChunk, nonblank_lines
-from chitchat.data.qa_jsonl import _text
 from chitchat.data.read_report import ReadReport
 from chitchat.data.records import RECORDS
 
 FIELD_KEYS = ("question", "answers", "answer_text", "answer_rating", "answer_best", "category")
 _KEEP = re.compile(r"^(all|best|top-([1-9][0-9]*))$")
 _MISSING = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    """A lone surrogate escape ("\\ud800") becomes NUL, as polars' decoder makes it (normalize drops it)."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\x00", value)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ json.loads; a lone surrogate escape ("\\ud800") becomes NUL, which normalization
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +17,7 @@ from typing import Iterator
 import polars as pl
 
 from chitchat.core.errors import InputError
+from chitchat.data.field_map import FieldMap, parse_record
 from chitchat.data.lines import BLANK, WHITESPACE_ONLY, LineChunk, iter_line_chunks, nonblank_lines
 from chitchat.data.parallel import ordered_map
 from chitchat.data.read_report import ReadReport
@@ -33,7 +32,6 @@ _SUSPECT = "|".join([
     *(rf'"{key}"\s*:.*"{key}"\s*:' for key in ("question", "responses", "category")),  # a key twice
     r'"[^"]*\\u[0-9a-fA-F]{4}[^"]*"\s*:',  # an escaped key name ("\u0071uestion")
 ])
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -46,38 +44,13 @@ class QARecord:
     responses: list[str]
 
 
-def _text(value: str) -> str:
-    """A lone surrogate escape ("\\ud800") becomes NUL, as polars' decoder makes it (normalize drops it)."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\x00", value)
+COURSE_SCHEMA = FieldMap()  # question, responses (strings), category
 
 
 def _parse(line: int, text: str) -> tuple:
-    """(line, question, category, responses, reason, non-string responses) by json.loads: the rules."""
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError):
-        return line, None, None, None, "malformed_json", 0
-    if not isinstance(obj, dict):
-        return line, None, None, None, "not_an_object", 0
-    question, responses, category = obj.get("question"), obj.get("responses"), obj.get("category")
-    if question is None:
-        return line, None, None, None, "missing_question", 0
-    if not isinstance(question, str):
-        return line, None, None, None, "question_not_string", 0
-    if responses is None:
-        return line, None, None, None, "missing_responses", 0
-    if not isinstance(responses, list):
-        return line, None, None, None, "responses_not_list", 0
-    answers = [_text(r) for r in responses if isinstance(r, str)]
-    bad = len(responses) - len(answers)
-    if not answers:
-        return line, None, None, None, "no_responses", bad
-    category = _text(category) if isinstance(category, str) and category.strip() else None
-    return line, _text(question), category, answers, None, bad
+    """(line, question, category, responses, reason, non-string responses) by json.loads: the rules
+    (the course schema's field map: field_map.parse_record)."""
+    return parse_record(line, text, COURSE_SCHEMA)
 
 
 _PARSED = {"line": pl.UInt32, "question": pl.String, "category": pl.String, "responses": pl.List(pl.String),
