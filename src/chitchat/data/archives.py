@@ -131,9 +131,7 @@ def is_glob(path: str | Path) -> bool:
 
 
 def expand(path: str | Path) -> list[Path]:
-    """The files an input path names: itself, or what its glob matches (`**` spans folders), in name order."""
-    if not is_glob(path):
-        return [Path(path)]
+    """The files a glob matches (`**` spans folders), in name order."""
     files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files:
         raise InputError(path, "the pattern matches no file")
@@ -157,19 +155,21 @@ class _Zstd(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while self._at == len(self._out):
-            self._out, self._at = b"", 0
+            self._at = 0
             data = self._raw.read(1 << 22)
             if not data:
                 if self._frame is not None:
                     raise EOFError("zstd stream ends inside a frame")
                 return 0
-            while data:
+            parts = []
+            while data:  # the frames this read holds, or the part of one
                 if self._frame is None:
                     self._frame = self._dctx.decompressobj()
-                self._out += self._frame.decompress(data)
+                parts.append(self._frame.decompress(data))
                 data = b""
                 if self._frame.eof:
                     data, self._frame = self._frame.unused_data, None
+            self._out = b"".join(parts)
         n = min(len(buffer), len(self._out) - self._at)
         buffer[:n] = memoryview(self._out)[self._at:self._at + n]
         self._at += n

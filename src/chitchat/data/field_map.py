@@ -115,7 +115,7 @@ def _answers(raw: list, fm: FieldMap) -> tuple[list[str], int, str | None]:
     if not texts:
         return [], bad, "no_responses"
     if fm.keep == "best":
-        texts = [(a, t) for a, t in texts if lookup(a, fm.answer_best) is True or lookup(a, fm.answer_best) == 1]
+        texts = [(a, t) for a, t in texts if lookup(a, fm.answer_best) in (True, 1)]
         if not texts:
             return [], bad, "no_best_answer"
     elif fm.keep.startswith("top-"):  # highest rated first, ties in dump order; unrated last
