@@ -9,7 +9,9 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from chitchat.data.dedup import GROUP, KEY_COLUMNS, dedup_config, kept_rows, kept_with_group
+from chitchat.data.dedup import GROUP, KEY_COLUMNS, DedupConfig, DedupReport, dedup_config, kept_rows, kept_with_group
+from chitchat.data.dedup_buckets import bucket_count, dedup_file
+from chitchat.core.parquet_stream import row_count
 from chitchat.core.io import PARQUET, atomic_path, load_params, section, write_json
 from chitchat.core.stage import run_stage, stage_errors
 
@@ -22,23 +24,36 @@ def main(
     pairs: Path = typer.Option(Path("data/prepared/pairs.parquet"), help="prepared pairs"),
     out: Path = typer.Option(Path("data/dedup/pairs.parquet"), help="deduplicated pairs"),
     metrics: Path = typer.Option(Path("metrics/dedup.json"), help="counts per rule"),
+    buckets: int = typer.Option(0, min=0, help="buckets to deduplicate in (0: as few as dedup.memory_mb allows); "
+                                "the result is the same for any number"),
 ) -> None:
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
         cfg = dedup_config(section(load_params(params), "dedup", params))
-        # the rules read three columns; the others are read after, into the same table
         schema = pl.read_parquet_schema(pairs)
-        table = pl.read_parquet(pairs, columns=[c for c in KEY_COLUMNS if c in schema])
-        kept, report = kept_rows(table, cfg)
-        rest = [c for c in schema if c not in KEY_COLUMNS and c != GROUP]
-        if rest:
-            table = pl.concat([table, pl.read_parquet(pairs, columns=rest)], how="horizontal")
-        table = table.select(c for c in schema if c != GROUP)  # the input's column order
-        with atomic_path(out) as tmp:  # the kept rows with their question group, which split reads
-            kept_with_group(table, kept).sink_parquet(tmp, **PARQUET)
+        keys = [c for c in KEY_COLUMNS if c in schema]
+        columns = [c for c in schema if c != GROUP]  # the input's column order
+        n = buckets or bucket_count(pairs, cfg.memory_mb)
+        if n > 1 and row_count(pairs):
+            report = dedup_file(pairs, out, cfg, n, keys, columns)
+        else:
+            report = _dedup_in_memory(pairs, out, cfg, keys, columns)
         write_json(metrics, report.as_dict())
         counts = ", ".join(f"{rule} {n}" for rule, n in report.removed.items() if n)
         typer.echo(f"dedup: {report.pairs_in} -> {report.pairs_out} pairs ({counts or 'nothing removed'})", err=True)
+
+
+def _dedup_in_memory(pairs: Path, out: Path, cfg: DedupConfig, keys: list[str], columns: list[str]) -> DedupReport:
+    """The whole table at once: the rules read the key columns; the others are read after, into
+    the same table, and the kept rows stream into `out` with their question group (split reads it)."""
+    table = pl.read_parquet(pairs, columns=keys)
+    kept, report = kept_rows(table, cfg)
+    rest = [c for c in columns if c not in keys]
+    if rest:
+        table = pl.concat([table, pl.read_parquet(pairs, columns=rest)], how="horizontal")
+    with atomic_path(out) as tmp:
+        kept_with_group(table.select(columns), kept).sink_parquet(tmp, **PARQUET)
+    return report
 
 
 if __name__ == "__main__":

@@ -28,12 +28,15 @@ class DedupConfig:
     answer_equals_question: bool = True  # drop pairs whose answer is the question again
     max_per_question: int = 0  # keep at most this many answers per identical question; 0 = all
     max_per_first_phrase: int = 0  # keep at most this many questions per first phrase; 0 = all
+    memory_mb: int = 2500  # the stage's memory: past it the pairs are deduplicated in buckets (same result)
 
     def __post_init__(self):
         for name in ("max_per_question", "max_per_first_phrase"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"dedup.{name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.memory_mb, bool) or not isinstance(self.memory_mb, int) or self.memory_mb < 512:
+            raise ValueError(f"dedup.memory_mb must be an integer >= 512 (megabytes), got {self.memory_mb!r}")
 
 
 def dedup_config(params: dict) -> DedupConfig:
@@ -104,14 +107,17 @@ class _Questions:
     texts: pl.Series
     match: pl.Series
     near: pl.Series
+    phrase: pl.Series | None  # the near key of its first phrase, when max_per_first_phrase is set
 
 
-def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupReport]:
+def kept_rows(df: pl.DataFrame, cfg: DedupConfig, defer_phrase_cap: bool = False) -> tuple[pl.DataFrame, DedupReport]:
     """Apply the enabled rules in order to the key columns of `df` (the others are not read);
     return the kept rows, ascending (`_row`, and their question GROUP), and the report.
 
     The per-first-phrase cap needs a `qid` column (one id per question record: a QA question with
-    all its answers, or one dialogue turn pair).
+    all its answers, or one dialogue turn pair). With `defer_phrase_cap` that cap is left to the
+    caller (dedup_buckets applies it across buckets): the kept rows then carry `qid` and `phrase`,
+    the first phrase's key.
     """
     if cfg.max_per_first_phrase > 0 and "qid" not in df.columns:
         raise ValueError("dedup.max_per_first_phrase counts questions by qid; the table has no qid")
@@ -125,8 +131,11 @@ def kept_rows(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, DedupRe
         rows, keyed = _drop_near(rows, texts, questions, cfg, removed)
     if cfg.answer_equals_question:
         rows = _drop_answer_equals_question(rows, keyed, texts, questions, cfg, removed)
-    rows, capped = _drop_over_caps(rows, cfg, removed)
+    deferred = defer_phrase_cap and cfg.max_per_first_phrase > 0
+    rows, capped = _drop_over_caps(rows, cfg, removed, phrase_cap=not deferred)
     kept = rows.select("_row", pl.col("q_match").alias(GROUP))
+    if deferred:
+        kept = kept.with_columns(rows["qid"], questions.phrase.gather(rows["run"]).alias("phrase"))
     return kept, DedupReport(df.height, rows.height, removed, capped)
 
 
@@ -152,21 +161,22 @@ def _question_codes(df: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, _
         q_near = (fast_near_key(spaced, near, spaced=True) if _match_implies_near(near)
                   else fast_near_key(questions, near))
         rows = rows.with_columns(codes(q_near).gather(run).alias("q_near"))
+    phrase = None
     if cfg.max_per_first_phrase > 0:
-        rows = rows.with_columns(_phrase_codes(questions, q_near, near).gather(run).alias("phrase"))
-    return rows, _Questions(questions, q_match, q_near)
+        phrase = _phrase_keys(questions, q_near, near)
+        rows = rows.with_columns(codes(phrase).gather(run).alias("phrase"))
+    return rows, _Questions(questions, q_match, q_near, phrase)
 
 
-def _phrase_codes(questions: pl.Series, q_near: pl.Series, near: NearKeyConfig) -> pl.Series:
-    """The code of each question's first phrase by its near key. Most first phrases are the whole
-    question, whose key is known: only the others are keyed."""
+def _phrase_keys(questions: pl.Series, q_near: pl.Series, near: NearKeyConfig) -> pl.Series:
+    """The near key of each question's first phrase. Most first phrases are the whole question,
+    whose key is known: only the others are keyed."""
     # a phrase shorter than its question ends in a sentence end that a space follows
     rows_in = lazy_select(questions, lambda t: t.str.contains(r"[.!?…]\s")).arg_true()
     asked = questions.gather(rows_in)
     phrases = lazy_select(asked, first_phrase)
     shorter = phrases != asked
-    phrase_keys = q_near.clone().scatter(rows_in.filter(shorter), fast_near_key(phrases.filter(shorter), near))
-    return codes(phrase_keys)
+    return q_near.clone().scatter(rows_in.filter(shorter), fast_near_key(phrases.filter(shorter), near))
 
 
 def _drop_exact(rows: pl.DataFrame, texts: pl.DataFrame, removed: dict[str, int]) -> pl.DataFrame:
@@ -214,19 +224,27 @@ def _drop_answer_equals_question(rows: pl.DataFrame, keyed: pl.DataFrame | None,
     return rows.filter(~drop)
 
 
-def _drop_over_caps(rows: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int]) -> tuple[pl.DataFrame, int]:
-    """(rows, first phrases capped): the per-question cap, then the per-first-phrase cap."""
+def _drop_over_caps(rows: pl.DataFrame, cfg: DedupConfig, removed: dict[str, int],
+                    phrase_cap: bool = True) -> tuple[pl.DataFrame, int]:
+    """(rows, first phrases capped): the per-question cap, then (unless not `phrase_cap`) the
+    per-first-phrase cap."""
     capped = 0
     if cfg.max_per_question > 0:
         over = over_cap(rows, "q_match", pl.int_range(1, pl.len() + 1), cfg.max_per_question)
         removed["over_max_per_question"] = int(over.sum())
         rows = rows.filter(~over)
-    if cfg.max_per_first_phrase > 0:
-        over = over_cap(rows, "phrase", pl.col("qid").rank("dense"), cfg.max_per_first_phrase)
-        capped = rows["phrase"].filter(over).n_unique()
+    if cfg.max_per_first_phrase > 0 and phrase_cap:
+        over, capped = phrase_over_cap(rows, cfg.max_per_first_phrase)
         removed["over_max_per_first_phrase"] = int(over.sum())
         rows = rows.filter(~over)
     return rows, capped
+
+
+def phrase_over_cap(rows: pl.DataFrame, cap: int) -> tuple[pl.Series, int]:
+    """(over, phrases capped): the rows past the first `cap` questions (by qid) of their `phrase`,
+    and how many phrases had any. Each phrase's rows are all that decide its result."""
+    over = over_cap(rows, "phrase", pl.col("qid").rank("dense"), cap)
+    return over, rows["phrase"].filter(over).n_unique()
 
 
 def kept_with_group(table: pl.DataFrame, kept: pl.DataFrame) -> pl.LazyFrame:

@@ -65,18 +65,21 @@ def _split(keys: np.ndarray, categories: pl.Series, n_out: int, seed: int, strat
 
 
 def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> tuple[pl.Series, dict]:
-    """The split of every row (a pl.Enum of SPLITS) and the report; reads `question` and `category`.
+    """The split of every row (a pl.Enum of SPLITS) and the report; reads `category` and dedup's
+    `group` column where the table has one, else `question` (and `qid`).
 
     Question groups are numbered in order of first appearance and split by number. The group of a
-    pair is dedup's `group` column where the table has one, else the match key of its question,
-    computed once per run of equal questions (the answers of one record are adjacent): the same
-    grouping either way."""
+    pair is dedup's `group` column, else the match key of its question, computed once per run of
+    equal questions (the answers of one record are adjacent): the same grouping either way."""
     if not 0 < cfg.valid_fraction < 1 or not 0 < cfg.test_fraction < 1:
         raise InputError(source, "split fractions must lie strictly between 0 and 1")
     if cfg.valid_fraction + cfg.test_fraction >= 1:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
-    first, run = question_runs(df)
-    key = pl.col(GROUP) if GROUP in df.columns else match_key(pl.col("question"))  # dedup's, or computed
+    if GROUP in df.columns:  # dedup's groups: a run is a stretch of one group (question not needed)
+        first = df[GROUP].ne_missing(df[GROUP].shift(1)).fill_null(True)
+        run, key = first.cast(pl.UInt32).cum_sum() - 1, pl.col(GROUP)
+    else:  # computed, once per run of one question record
+        (first, run), key = question_runs(df), match_key(pl.col("question"))
     runs = df.lazy().filter(first).select(key.alias("key"), "category").collect()  # reads only these columns
     # group number of each run: its key's rank by first appearance
     runs = runs.with_columns(pl.col("key").is_first_distinct().cast(pl.UInt32).cum_sum().alias("g"))
@@ -88,7 +91,7 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
     n_valid = max(1, round(n * cfg.valid_fraction))
     n_test = max(1, round(n * cfg.test_fraction))
     keys = np.arange(n)
-    cats = groups["category"]
+    cats = groups["category"].cast(pl.String)  # the stage reads it as Categorical
     train_keys, held, strat_1 = _split(keys, cats, n_valid + n_test, cfg.seed, cfg.stratify)
     valid_keys, test_keys, strat_2 = _split(held, cats.gather(held), n_test, cfg.seed, cfg.stratify)
 

@@ -1,0 +1,61 @@
+"""Parquet in batches: read a file a slice of rows at a time, append frames to a file that appears
+only when it is complete. What lets a data stage hold one batch instead of the whole table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from chitchat.core.io import PARQUET, atomic_path
+
+# Rows per batch. A batch of the dump's pairs is some 30 MB of text; a quarter of a million rows
+# keeps the batch stages near 0.4 GB, where a million took 0.9 GB (benchmarks/data_stages.py).
+BATCH_ROWS = 1 << 18
+
+
+def row_count(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def batches(path: Path, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[tuple[int, pl.DataFrame]]:
+    """(first row, frame) over a parquet file, `rows` rows at a time, in order. Polars reads only
+    the row groups of each slice (pyarrow's iter_batches reads far ahead: 0.9 GB on a
+    million-question table where this holds 0.3)."""
+    for start in range(0, row_count(path), rows):
+        yield start, pl.scan_parquet(path).select(columns).slice(start, rows).collect()
+
+
+class Appender:
+    """Frames appended to one parquet file, each a row group or more, with the stages' compression.
+    The schema is the first frame's; `close` with no frame written writes `empty`'s schema."""
+
+    def __init__(self, path: Path, stack: ExitStack, atomic: bool = True, **options):
+        self.path = stack.enter_context(atomic_path(path)) if atomic else path
+        self.stack, self.options, self.writer = stack, {**PARQUET, **options}, None
+
+    def add(self, frame: pl.DataFrame) -> None:
+        table = frame.to_arrow()
+        if self.writer is None:
+            self.writer = self.stack.enter_context(pq.ParquetWriter(self.path, table.schema, **self.options))
+        self.writer.write_table(table)
+
+    def close(self, empty: pl.DataFrame) -> None:
+        """Finish the file: an empty table of `empty`'s columns when nothing was added."""
+        if self.writer is None:
+            empty.clear().write_parquet(self.path)
+
+
+@contextlib.contextmanager
+def appenders(paths: dict[str, Path], empty: pl.DataFrame) -> Iterator[dict[str, Appender]]:
+    """An Appender per name; each file appears when the block succeeds, none if it fails."""
+    with ExitStack() as stack:
+        out = {name: Appender(path, stack) for name, path in paths.items()}
+        yield out
+        for appender in out.values():
+            appender.close(empty)
