@@ -1,9 +1,11 @@
 """prepare + dedup + split at the scale of the full dump: ours against the naive way and the floor.
 
-A seeded synthetic Ответы@Mail.ru dump (`--questions` records, about 4 answers each, Cyrillic text
-with Zipf-distributed words, 16 categories, exact and near duplicates, HTML entities, links, empty
-and very long answers, malformed lines) is written once to `--cache-dir` as `qa_data.jsonl.zip`.
-Then, each in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAGE_CHILDREN):
+A seeded synthetic Ответы@Mail.ru dump (benchmarks/synthetic_dump.py: `--questions` records in
+one of its `--shape`s, qa by default: about 4 answers each, Cyrillic text with Zipf-distributed
+words, 16 categories, exact and near duplicates, HTML entities, links, empty and very long answers,
+malformed lines) is written once to `--cache-dir` as `qa_data.jsonl.zip`; `--dump PATH` measures a
+file of your own instead (ours only: the others need the synthetic dump's clean copy). Then, each
+in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAGE_CHILDREN):
 
 - ours:  pipeline/prepare.py, dedup.py and split.py, run as DVC runs them (three processes);
 - naive: what the course projects wrote: json.loads per line, normalize_text per string, a pandas
@@ -18,6 +20,8 @@ Then, each in its own subprocess so that peak RSS is its own (ru_maxrss of RUSAG
 
     python benchmarks/data_stages.py --questions 50000      # quick
     python benchmarks/data_stages.py                        # 1,000,000 questions, ~4M pairs
+    python benchmarks/data_stages.py --shape many --skip-naive
+    python benchmarks/data_stages.py --dump data/raw/qa_data.jsonl.zip
 """
 
 from __future__ import annotations
@@ -33,124 +37,17 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 import typer
 import yaml
+
+from synthetic_dump import SHAPES, generate_dump
 
 if TYPE_CHECKING:
     import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False)
-GEN_VERSION = 2  # bump when the generator changes: cached dumps are keyed by it
-GEN_CHUNK = 100_000  # questions generated and compressed at a time (bounds the generator's memory)
-
-CATEGORIES = [  # the service's categories, most frequent first
-    "Компьютеры, Связь", "Семья, Дом, Дети", "Знакомства, Любовь, Отношения", "Образование",
-    "Красота и Здоровье", "Авто, Мото", "Юмор", "Философия, Непознанное", "Спорт",
-    "Еда, Кулинария", "Путешествия, Туризм", "Животные, Растения", "Общество, Политика, СМИ",
-    "Бизнес, Финансы", "Искусство и Культура", "Другое",
-]
-COMMON = ("не и в на что это как а я ты так да нет он она мы вы они у с по за то же бы ли если "
-          "когда где почему кто можно нужно очень просто все всё ещё уже есть был было будет").split()
-STOCK_ANSWERS = ["Не знаю", "Гугл в помощь", ")))", "Да", "Нет", "Конечно", "Никак", "Зачем?",
-                 "Спроси у мамы", "Лучше не надо"]
-PUNCT_WORDS = [",", "!", "?", "...", ")))", ":)", "&quot;ну&quot;", "<br>", "&amp;", "👍"]
-
-
-def _vocabulary(rng: np.random.Generator, size: int = 30_000) -> tuple[np.ndarray, np.ndarray]:
-    """Cyrillic pseudo-words from syllables, function words first, with Zipf weights."""
-    cons, vows = list("бвгджзклмнпрстфхцчшщ"), list("аеёиоуыэюя")
-    syll = np.array([c + v for c in cons for v in vows] + vows)
-    n_syll = rng.integers(1, 5, size)
-    parts = syll[rng.integers(0, len(syll), (size, 4))]
-    words = ["".join(parts[i, : n_syll[i]]) for i in range(size)]
-    vocab = np.array(COMMON + PUNCT_WORDS + words, dtype=object)
-    weights = 1.0 / (np.arange(len(vocab)) + 2.7)
-    return vocab, weights / weights.sum()
-
-
-def _texts(rng: np.random.Generator, vocab: pl.Series, cdf: np.ndarray, lengths: np.ndarray) -> pl.Series:
-    """One string per length: that many Zipf-drawn words joined by spaces (no Python loop)."""
-    ids = np.searchsorted(cdf, rng.random(int(lengths.sum())))
-    words = vocab.gather(ids).to_arrow()
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    return pl.Series(pa.LargeListArray.from_arrays(offsets.cast(pa.int64()), words)).list.join(" ")
-
-
-def _pick(shares: np.ndarray, cases: list[tuple[float, pl.Series | str]], default: pl.Series) -> pl.Series:
-    """Per row, the first case whose cumulative share exceeds the row's uniform draw, else `default`."""
-    expr, bound = pl, 0.0
-    for share, value in cases:
-        bound += share
-        expr = expr.when(pl.lit(pl.Series(shares < bound))).then(pl.lit(value))
-    return pl.select(expr.otherwise(pl.lit(default))).to_series()
-
-
-def _chunk_lines(rng: np.random.Generator, vocab: pl.Series, cdf: np.ndarray, n: int,
-                 previous: pl.Series | None) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """JSON lines for `n` questions, the same without the malformed ones, and the questions."""
-    questions = _texts(rng, vocab, cdf, np.clip(rng.lognormal(1.9, 0.5, n).astype(int), 1, 30))
-    questions = questions.str.head(1).str.to_uppercase() + questions.str.slice(1) + "?"
-    if previous is not None:  # re-asks of the previous chunk's questions: exact, and case/punctuation only
-        old = previous.gather(rng.integers(0, len(previous), n))
-        near = old.str.to_lowercase().str.replace_all("?", "", literal=True)
-        questions = _pick(rng.random(n), [(0.05, old), (0.03, near)], questions)
-    n_ans = np.clip(rng.poisson(3.0, n) + 1, 1, 25)
-    total = int(n_ans.sum())
-    a_len = np.clip(rng.lognormal(1.8, 0.8, total).astype(int), 1, 40)
-    very_long = rng.random(total) < 0.01
-    a_len[very_long] = rng.integers(60, 600, int(very_long.sum()))
-    answers = _texts(rng, vocab, cdf, a_len)
-    links = "https://otvet.mail.ru/question/" + pl.Series(rng.integers(1, 10**9, total)).cast(pl.String)
-    answers = _pick(rng.random(total), [
-        (0.02, questions.gather(np.repeat(np.arange(n), n_ans))),  # the answer repeats its question
-        (0.05, pl.Series(STOCK_ANSWERS).gather(rng.integers(0, len(STOCK_ANSWERS), total))),  # "Не знаю"
-        (0.01, links), (0.01, ""), (0.03, "&quot;" + answers + "&quot;<br>"),  # as scraped
-    ], answers)
-    cat_p = 1.0 / (np.arange(len(CATEGORIES)) + 1.5)
-    cats = pl.Series(CATEGORIES).gather(rng.choice(len(CATEGORIES), n, p=cat_p / cat_p.sum()))
-    offsets = pa.array(np.concatenate([[0], np.cumsum(n_ans)]).astype(np.int64))
-    responses = pl.Series(pa.LargeListArray.from_arrays(offsets, answers.to_arrow()))
-    odd = rng.random(n)
-    frame = pl.DataFrame({"question": questions, "category": cats, "responses": responses}).with_columns(
-        category=pl.when(pl.lit(pl.Series(odd < 0.005))).then(None).otherwise("category"),
-        responses=pl.when(pl.lit(pl.Series((odd > 0.995) & (odd < 0.996)))).then(None).otherwise("responses"),
-    )
-    lines = frame.select(pl.struct(pl.all()).struct.json_encode()).to_series()
-    broken = rng.random(n) < 0.0005  # cut mid-line, as a crashed scraper leaves them
-    dirty = _pick(np.where(broken, 0.0, 1.0), [(0.5, lines.str.slice(0, lines.str.len_chars() // 2))], lines)
-    return dirty, lines.filter(~pl.Series(broken)), questions
-
-
-def generate_dump(folder: Path, questions: int, seed: int) -> tuple[Path, Path]:
-    """The dump and its copy without malformed lines, cached by size, seed and generator version."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"qa_{questions}_s{seed}_v{GEN_VERSION}"
-    dirty, clean = folder / f"{stem}" / "qa_data.jsonl.zip", folder / f"{stem}" / "qa_clean.jsonl.zip"
-    if dirty.exists() and clean.exists():
-        return dirty, clean
-    dirty.parent.mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    vocab, weights = _vocabulary(rng)
-    vocab_s, cdf = pl.Series(vocab.tolist()), np.cumsum(weights)
-    start = time.perf_counter()
-    previous = None
-    tmp_d, tmp_c = dirty.with_suffix(".tmp"), clean.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp_d, "w", zipfile.ZIP_DEFLATED) as zd, zipfile.ZipFile(tmp_c, "w", zipfile.ZIP_DEFLATED) as zc, \
-            zd.open("qa_data.jsonl", "w", force_zip64=True) as fd, zc.open("qa_data.jsonl", "w", force_zip64=True) as fc:
-        for done in range(0, questions, GEN_CHUNK):
-            d, c, previous = _chunk_lines(rng, vocab_s, cdf, min(GEN_CHUNK, questions - done), previous)
-            fd.write((d.str.join("\n").item() + "\n").encode("utf-8"))
-            fc.write((c.str.join("\n").item() + "\n").encode("utf-8"))
-            print(f"generated {done + len(d):,} questions in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    tmp_d.rename(dirty)
-    tmp_c.rename(clean)
-    return dirty, clean
-
-
 # ---------------------------------------------------------------- the three variants ----------------
 
 def naive(dump: Path, params_path: Path, out_dir: Path) -> dict:
@@ -330,15 +227,48 @@ def _measured(command: list[str]) -> dict:
     return json.loads(proc.stdout)
 
 
+STAGES = ("prepare", "dedup", "split")
+
+
+def run_ours(dump: Path, work: Path) -> tuple[list[dict], dict]:
+    """Our three stages on `dump`, each measured in its own process; (rows, metrics by stage)."""
+    stages = [_measured(command) for command in ours_commands(dump, work)]
+    return stages, {s: json.loads((work / f"{s}.json").read_text()) for s in STAGES}
+
+
+def _ours_only(dump: Path) -> None:
+    """--dump: our stages on a user's file, with pairs per second."""
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        stages, metrics = run_ours(dump, Path(tmp))
+    pairs = metrics["prepare"]["pairs_in"]
+    print(f"\n{dump}: {dump.stat().st_size / 2**20:,.0f} MB, {pairs:,} pairs read, "
+          f"{metrics['dedup']['pairs_out']:,} after dedup, split {metrics['split']['pairs']}\n")
+    print("| stage | wall s | CPU s | peak RSS MB | pairs/s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in zip(STAGES, stages):
+        print(f"| {name} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['rss_mb']:,.0f} | {pairs / r['wall']:,.0f} |")
+    wall = sum(r["wall"] for r in stages)
+    print(f"| **all three** | {wall:.1f} | {sum(r['cpu'] for r in stages):.1f} | "
+          f"{max(r['rss_mb'] for r in stages):,.0f} | {pairs / wall:,.0f} |")
+
+
 @app.command()
 def main(
     questions: int = typer.Option(1_000_000, help="questions in the synthetic dump (about 4 pairs each)"),
+    shape: str = typer.Option("qa", help=f"shape of the synthetic dump: {', '.join(SHAPES)} (synthetic_dump.py)"),
+    dump: Path = typer.Option(None, help="measure our stages on this file instead (any format prepare reads)"),
     seed: int = typer.Option(0, help="seed of the synthetic dump"),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "chitchat" / "bench", help="where dumps are kept"),
     skip_naive: bool = typer.Option(False, help="leave out the slow naive variant"),
 ) -> None:
     """Print wall time and peak RSS of prepare + dedup + split: ours, the naive way and the floor."""
-    dump, clean = generate_dump(cache_dir, questions, seed)
+    if dump is not None:
+        if not dump.is_file():
+            sys.exit(f"{dump}: no such file")
+        return _ours_only(dump)
+    if shape not in SHAPES:
+        sys.exit(f"--shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+    dump, clean = generate_dump(cache_dir, questions, seed, shape)
     with zipfile.ZipFile(dump) as archive:
         raw_mb = sum(i.file_size for i in archive.infolist()) / 2**20
     me = [sys.executable, __file__]
@@ -349,13 +279,10 @@ def main(
         steps = (("read", clean, work / "pass1.parquet"), ("copy", work / "pass1.parquet", work / "pass2.parquet"),
                  ("part", work / "pass2.parquet", work / "pass3"))
         passes = [_measured(me + ["pass", step, str(a), str(b)]) for step, a, b in steps]
-        for stage, command in zip(("prepare", "dedup", "split"), ours_commands(dump, work)):
-            rows[f"ours: {stage}"] = _measured(command)
-        metrics = {s: json.loads((work / f"{s}.json").read_text()) for s in ("prepare", "dedup", "split")}
+        stages, metrics = run_ours(dump, work)
         if not skip_naive:
             rows["naive: json.loads + normalize_text per line, pandas"] = _measured(
                 me + ["naive", str(dump), str(work / "params.yaml"), str(work / "naive")])
-    stages = [rows.pop(f"ours: {s}") for s in ("prepare", "dedup", "split")]
     ours = {"wall": sum(r["wall"] for r in stages), "cpu": sum(r["cpu"] for r in stages),
             "rss_mb": max(r["rss_mb"] for r in stages)}
     floor_row = rows.pop("floor: polars reads the zip member + NDJSON")
@@ -363,10 +290,10 @@ def main(
                "rss_mb": max(r["rss_mb"] for r in passes)}
     table = {"floor: polars reads the zip member + NDJSON": floor_row,
              "pass-through: three stages that only read and write the tables": through,
-             **{f"ours: {s}": r for s, r in zip(("prepare", "dedup", "split"), stages)},
+             **{f"ours: {s}": r for s, r in zip(STAGES, stages)},
              "**ours: prepare + dedup + split**": ours, **rows}
-    pre, ded, spl = (metrics[s] for s in ("prepare", "dedup", "split"))
-    print(f"\nSynthetic dump: {questions:,} questions, {raw_mb:,.0f} MB of JSON lines "
+    pre, ded, spl = (metrics[s] for s in STAGES)
+    print(f"\nSynthetic dump, shape {shape}: {questions:,} questions, {raw_mb:,.0f} MB of JSON lines "
           f"({dump.stat().st_size / 2**20:,.0f} MB zipped). Ours: {pre['pairs_in']:,} pairs read, "
           f"{pre['pairs_out']:,} kept, {ded['pairs_out']:,} after dedup, split {spl['pairs']}\n")
     print("| variant | wall s | CPU s | peak RSS MB |")

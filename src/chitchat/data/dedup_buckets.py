@@ -155,8 +155,11 @@ def _write_in_order(pairs: Path, kept: list[Path], out: Path, columns: list[str]
 def dedup_file(pairs: Path, out: Path, cfg: DedupConfig, buckets: int, key_columns: list[str],
                columns: list[str]) -> DedupReport:
     """Dedup `pairs` into `out` through `buckets` buckets (scratch files beside `out`, removed at
-    the end); `key_columns` are what the rules read, `columns` what `out` keeps, then GROUP."""
+    the end, and at the start when a killed run left them); `key_columns` are what the rules
+    read, `columns` what `out` keeps, then GROUP."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.buckets.*"):  # a killed run's scratch (DVC runs one at a time)
+        shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.buckets.", dir=out.parent))
     try:
         rows_in = row_count(pairs)
