@@ -8,9 +8,8 @@ import polars as pl
 import typer
 
 from chitchat.data.dedup import GROUP
-from chitchat.data.split import SPLITS, SplitConfig, assign_splits, warm_sklearn
-from chitchat.core.io import config_from, load_params, section, write_json
-from chitchat.core.parquet_stream import appenders, batches
+from chitchat.data.split import SPLITS, SplitConfig, assign_splits, split_file, warm_sklearn
+from chitchat.core.io import PARQUET, atomic_path, config_from, load_params, section, write_json
 from chitchat.core.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -27,26 +26,16 @@ def main(
     with stage_errors("split"):
         warm_sklearn()
         cfg = config_from(SplitConfig, section(load_params(params), "split", params), "split")
-        schema = pl.read_parquet_schema(pairs)
-        # dedup's groups and the categories are all the split reads; without groups, the questions
-        needed = [GROUP, "category"] if GROUP in schema else [c for c in ("qid", "question", "category") if c in schema]
-        labels, report = assign_splits(_read_columns(pairs, needed), cfg, str(pairs))
-        columns = [c for c in schema if c != GROUP]
-        paths = {name: out_dir / f"{name}.parquet" for name in SPLITS}
-        with appenders(paths, pl.read_parquet(pairs, columns=columns, n_rows=0)) as out:
-            for start, frame in batches(pairs, columns):  # a batch at a time: memory stays one batch's
-                part = labels.slice(start, frame.height)
-                for name in SPLITS:
-                    out[name].add(frame.filter(part == name))
+        if GROUP in pl.read_parquet_schema(pairs):  # dedup's groups: a batch at a time
+            report = split_file(pairs, out_dir, cfg)
+        else:  # a table of pairs without groups: the questions' match keys, in memory
+            df = pl.read_parquet(pairs)
+            labels, report = assign_splits(df, cfg, str(pairs))
+            for name in SPLITS:
+                with atomic_path(out_dir / f"{name}.parquet") as tmp:
+                    df.filter(labels == name).write_parquet(tmp, **PARQUET)
         write_json(metrics, report)
         typer.echo(f"split: {report['pairs']}", err=True)
-
-
-def _read_columns(pairs: Path, columns: list[str]) -> pl.DataFrame:
-    """`columns` of `pairs`, the category as Categorical: read a batch at a time, so the table's
-    category strings are never held at once (a few bytes a row instead of the name's)."""
-    parts = [frame.with_columns(pl.col("category").cast(pl.Categorical)) for _, frame in batches(pairs, columns)]
-    return pl.concat(parts) if parts else pl.read_parquet(pairs, columns=columns)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ only when it is complete. What lets a data stage hold one batch instead of the w
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -33,20 +34,35 @@ def batches(path: Path, columns: list[str], rows: int = BATCH_ROWS) -> Iterator[
 
 class Appender:
     """Frames appended to one parquet file, each a row group or more, with the stages' compression.
-    The schema is the first frame's; `close` with no frame written writes `empty`'s schema."""
+    The schema is the first frame's; `close` with no frame written writes `empty`'s schema.
+
+    A frame is encoded and written on a thread of its own while the caller makes the next one
+    (pyarrow releases the GIL there): at most one write is in flight, so two batches are alive.
+    """
 
     def __init__(self, path: Path, stack: ExitStack, atomic: bool = True, **options):
         self.path = stack.enter_context(atomic_path(path)) if atomic else path
-        self.stack, self.options, self.writer = stack, {**PARQUET, **options}, None
+        self.stack, self.options, self.writer, self.pending = stack, {**PARQUET, **options}, None, None
 
     def add(self, frame: pl.DataFrame) -> None:
         table = frame.to_arrow()
         if self.writer is None:
             self.writer = self.stack.enter_context(pq.ParquetWriter(self.path, table.schema, **self.options))
-        self.writer.write_table(table)
+            pool = self.stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="chitchat-parquet"))
+            self.stack.callback(self.wait)  # runs first on exit: the last write ends before the file closes
+            self.submit = lambda t: pool.submit(self.writer.write_table, t)
+        self.wait()
+        self.pending = self.submit(table)
+
+    def wait(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
 
     def close(self, empty: pl.DataFrame) -> None:
         """Finish the file: an empty table of `empty`'s columns when nothing was added."""
+        self.wait()
         if self.writer is None:
             empty.clear().write_parquet(self.path)
 
