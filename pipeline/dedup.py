@@ -11,7 +11,7 @@ import typer
 
 from chitchat.data.dedup import GROUP, KEY_COLUMNS, DedupConfig, DedupReport, dedup_config, kept_rows, kept_with_group
 from chitchat.data.dedup_buckets import bucket_count, dedup_file
-from chitchat.core.parquet_stream import row_count
+from chitchat.core.parquet_stream import row_count, table_schema
 from chitchat.core.io import PARQUET, atomic_path, load_params, section, write_json
 from chitchat.core.stage import run_stage, stage_errors
 
@@ -30,7 +30,7 @@ def main(
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
         cfg = dedup_config(section(load_params(params), "dedup", params))
-        schema = pl.read_parquet_schema(pairs)
+        schema = table_schema(pairs)
         keys = [c for c in KEY_COLUMNS if c in schema]
         columns = [c for c in schema if c != GROUP]  # the input's column order
         n = buckets or bucket_count(pairs, cfg.memory_mb)

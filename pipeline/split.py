@@ -10,6 +10,7 @@ import typer
 from chitchat.data.dedup import GROUP
 from chitchat.data.split import SPLITS, SplitConfig, assign_splits, split_file, warm_sklearn
 from chitchat.core.io import PARQUET, atomic_path, config_from, load_params, section, write_json
+from chitchat.core.parquet_stream import table_schema
 from chitchat.core.stage import run_stage, stage_errors
 
 app = typer.Typer(add_completion=False)
@@ -26,7 +27,7 @@ def main(
     with stage_errors("split"):
         warm_sklearn()
         cfg = config_from(SplitConfig, section(load_params(params), "split", params), "split")
-        if GROUP in pl.read_parquet_schema(pairs):  # dedup's groups: a batch at a time
+        if GROUP in table_schema(pairs):  # dedup's groups: a batch at a time
             report = split_file(pairs, out_dir, cfg)
         else:  # a table of pairs without groups: the questions' match keys, in memory
             df = pl.read_parquet(pairs)

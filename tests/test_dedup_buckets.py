@@ -140,3 +140,17 @@ def test_batches_cover_the_file_in_order_and_appenders_write_whole_files(tmp_pat
             raise RuntimeError("interrupted")
     assert not (tmp_path / "x.parquet").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["even.parquet", "none.parquet", "t.parquet"]
+
+
+@pytest.mark.parametrize("stage, flag", [("dedup", "--out"), ("split", "--out-dir")])
+@pytest.mark.parametrize("content", [None, b"PAR1 not really parquet"])
+def test_a_missing_or_corrupt_input_table_is_one_line(tmp_path, stage, flag, content):
+    pairs = tmp_path / "pairs.parquet"
+    if content is not None:
+        pairs.write_bytes(content)
+    proc = _run(stage, "--pairs", pairs, flag, tmp_path / "out", "--metrics", tmp_path / "m.json")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{stage}: error: {pairs}"), proc.stderr
+    assert ("not found" if content is None else "not a readable parquet table") in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()

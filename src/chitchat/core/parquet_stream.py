@@ -13,11 +13,22 @@ from typing import Iterator
 import polars as pl
 import pyarrow.parquet as pq
 
+from chitchat.core.errors import InputError
 from chitchat.core.io import PARQUET, atomic_path
 
 # Rows per batch. A batch of the dump's pairs is some 30 MB of text; a quarter of a million rows
 # keeps the batch stages near 0.4 GB, where a million took 0.9 GB (benchmarks/data_stages.py).
 BATCH_ROWS = 1 << 18
+
+
+def table_schema(path: Path) -> pl.Schema:
+    """The schema of a stage's input table; a missing or unreadable file is an InputError."""
+    if not Path(path).is_file():
+        raise InputError(path, "not found: run the stage that writes it first (dvc repro)")
+    try:
+        return pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(path, f"not a readable parquet table ({type(exc).__name__})") from None
 
 
 def row_count(path: Path) -> int:
