@@ -228,3 +228,18 @@ def test_zip_members_read_alike_whatever_their_compression(tmp_path, method, mon
         for size in (1, 8192, 1 << 20):  # small reads drain what the inflater holds back
             with open_zip_member(z, path, "a.jsonl") as member:
                 assert b"".join(iter(lambda: member.read(size), b"")) == want
+
+
+def test_a_zst_file_read_to_its_end_stays_at_its_end(tmp_path):
+    """After the last byte every read is empty: a reader that handed its last block out again
+    would never end (a review mend once did exactly that)."""
+    import zstandard
+
+    from chitchat.data.archives import _zstd_open
+
+    data = b"".join(f"line {i}\n".encode() for i in range(50_000))
+    path = tmp_path / "x.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(data[:200_000]) + zstandard.ZstdCompressor().compress(data[200_000:]))
+    with _zstd_open(path) as f:
+        assert f.read() == data
+        assert f.read() == b"" and f.read(10) == b""

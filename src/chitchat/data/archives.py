@@ -155,7 +155,7 @@ class _Zstd(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while self._at == len(self._out):
-            self._at = 0
+            self._out, self._at = b"", 0  # nothing left to hand out, also when the file ends here
             data = self._raw.read(1 << 22)
             if not data:
                 if self._frame is not None:
