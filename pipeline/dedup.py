@@ -5,6 +5,7 @@ share it, and split assigns whole groups."""
 import chitchat.core.batch_memory  # noqa: F401  first: it sets polars' allocator up before polars loads
 
 from pathlib import Path
+from typing import Annotated
 
 import polars as pl
 import typer
@@ -24,8 +25,9 @@ def main(
     pairs: Path = typer.Option(Path("data/prepared/pairs.parquet"), help="prepared pairs"),
     out: Path = typer.Option(Path("data/dedup/pairs.parquet"), help="deduplicated pairs"),
     metrics: Path = typer.Option(Path("metrics/dedup.json"), help="counts per rule"),
-    buckets: int = typer.Option(0, min=0, help="buckets to deduplicate in (0: as few as dedup.memory_mb allows); "
-                                "the result is the same for any number"),
+    # Annotated, so that a direct call main(params=..., ...) gets the plain default
+    buckets: Annotated[int, typer.Option(min=0, help="buckets to deduplicate in (0: as few as dedup.memory_mb "
+                                         "allows); the result is the same for any number")] = 0,
 ) -> None:
     """Apply the dedup rules in order and count what each removed."""
     with stage_errors("dedup"):
