@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from chitchat.core.parquet_stream import Appender, batches, row_count
 from chitchat.data.dedup import GROUP, DedupConfig, DedupReport, kept_rows, phrase_over_cap
 from chitchat.data.dedup_keys import lower_yo_series
+from chitchat.data.row_groups import value_runs
 
 KEPT_ROW_GROUP = 1 << 16  # row groups of the kept-row files: a row range reads only its own
 # Peak RSS of kept_rows per byte of its input's question and answer text (parquet's uncompressed
@@ -48,11 +49,10 @@ def bucket_key(questions: pl.Series) -> pl.Series:
     match key all keep that set, so questions any rule calls equal share it. The set is looked up
     once per run of one question (the answers of a record are adjacent).
     """
-    first = questions.ne_missing(questions.shift(1)).fill_null(True)
-    run = first.cast(pl.UInt32).cum_sum() - 1
+    first, run = value_runs(questions)
     lower = lower_yo_series(questions.filter(first)).to_frame("t").lazy()
     mask = lower.select(pl.sum_horizontal(pl.col("t").str.contains(c, literal=True).cast(pl.UInt64)
-                                          * pl.lit(1 << (i % 64), pl.UInt64) for i, c in enumerate(_KEY_CHARS)))
+                                          * pl.lit(1 << i, pl.UInt64) for i, c in enumerate(_KEY_CHARS)))
     return mask.collect().to_series().hash(7).gather(run)
 
 
@@ -102,10 +102,19 @@ def _add(total: dict[str, int], part: dict[str, int]) -> None:
         total[name] = total.get(name, 0) + n
 
 
+def _write_kept(kept: pl.DataFrame, path: Path) -> Path:
+    """Kept (_row, group), ascending by row, in small row groups: the ordered write reads a range."""
+    kept.select("_row", GROUP).write_parquet(path, row_group_size=KEPT_ROW_GROUP)
+    return path
+
+
 def _dedup_buckets(files: list[Path], cfg: DedupConfig, folder: Path, n: int,
                    removed: dict[str, int]) -> list[Path]:
     """kept_rows on each bucket, its rows and groups turned into the whole table's; the kept rows
-    are written by first-phrase bucket when that cap is on (with qid and phrase), else as they are."""
+    are written by first-phrase bucket when that cap is on (with qid and phrase), else one file
+    per bucket (kept_rows keeps them ascending, and a bucket's rows are in input order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept_files = []
     with ExitStack() as stack:
         out = _Scatter(folder, stack)
         for i, path in enumerate(files):
@@ -118,8 +127,8 @@ def _dedup_buckets(files: list[Path], cfg: DedupConfig, folder: Path, n: int,
             if cfg.max_per_first_phrase > 0:
                 out.add(kept, kept["phrase"].hash(11) % n)
             else:
-                out.add(kept, pl.repeat(i, kept.height, dtype=pl.UInt64, eager=True))
-    return out.files()
+                kept_files.append(_write_kept(kept, folder / f"kept{i}.parquet"))
+    return out.files() if cfg.max_per_first_phrase > 0 else kept_files
 
 
 def _phrase_cap(files: list[Path], cfg: DedupConfig, folder: Path, removed: dict[str, int]) -> tuple[list[Path], int]:
@@ -130,20 +139,9 @@ def _phrase_cap(files: list[Path], cfg: DedupConfig, folder: Path, removed: dict
         rows = pl.read_parquet(path)
         over, n_capped = phrase_over_cap(rows, cfg.max_per_first_phrase)
         over_total, capped = over_total + int(over.sum()), capped + n_capped
-        out.append(folder / f"{i}.parquet")
-        rows.filter(~over).select("_row", GROUP).sort("_row").write_parquet(out[-1], row_group_size=KEPT_ROW_GROUP)
+        out.append(_write_kept(rows.filter(~over).sort("_row"), folder / f"{i}.parquet"))
     removed["over_max_per_first_phrase"] = over_total
     return out, capped
-
-
-def _sorted_kept(files: list[Path], folder: Path) -> list[Path]:
-    """Each bucket's kept (_row, group), sorted by row, with small row groups."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, path in enumerate(files):
-        out.append(folder / f"{i}.parquet")
-        pl.read_parquet(path, columns=["_row", GROUP]).sort("_row").write_parquet(out[-1], row_group_size=KEPT_ROW_GROUP)
-    return out
 
 
 def _write_in_order(pairs: Path, kept: list[Path], out: Path, columns: list[str]) -> None:
@@ -174,8 +172,6 @@ def dedup_file(pairs: Path, out: Path, cfg: DedupConfig, buckets: int, key_colum
         capped = 0
         if cfg.max_per_first_phrase > 0:
             kept, capped = _phrase_cap(kept, cfg, scratch / "capped", removed)
-        else:
-            kept = _sorted_kept(kept, scratch / "sorted")
         _write_in_order(pairs, kept, out, columns)
         rows_out = sum(row_count(k) for k in kept)
         return DedupReport(rows_in, rows_out, removed, capped)

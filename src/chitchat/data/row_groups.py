@@ -17,6 +17,12 @@ def question_runs(df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     return first, (first.cast(pl.UInt32).cum_sum() - 1)
 
 
+def value_runs(values: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(first, index) as question_runs gives them, for the runs of equal values of one column."""
+    first = values.ne_missing(values.shift(1)).fill_null(True)
+    return first, first.cast(pl.UInt32).cum_sum() - 1
+
+
 def codes(keys: pl.Series) -> pl.Series:
     """An integer per key, equal for equal keys (the position of the key's first occurrence):
     grouping and comparing these is much cheaper, in time and memory, than the strings."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import polars as pl
 from chitchat.core.parquet_stream import appenders, batches
 from chitchat.data.dedup import GROUP
 from chitchat.data.normalize import match_key
-from chitchat.data.row_groups import question_runs
+from chitchat.data.row_groups import question_runs, value_runs
 from chitchat.core.errors import InputError
 
 SPLITS = ("train", "valid", "test")
@@ -110,8 +109,7 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
     equal questions (the answers of one record are adjacent): the same grouping either way."""
     _check(cfg, source)
     if GROUP in df.columns:  # dedup's groups: a run is a stretch of one group (question not needed)
-        first = df[GROUP].ne_missing(df[GROUP].shift(1)).fill_null(True)
-        run, key = first.cast(pl.UInt32).cum_sum() - 1, pl.col(GROUP)
+        (first, run), key = value_runs(df[GROUP]), pl.col(GROUP)
     else:  # computed, once per run of one question record
         (first, run), key = question_runs(df), match_key(pl.col("question"))
     runs = df.lazy().filter(first).select(key.alias("key"), "category").collect()  # reads only these columns
@@ -131,8 +129,7 @@ def _group_starts(pairs: Path) -> pl.DataFrame:
     parts, last = [], None
     for _, frame in batches(pairs, [GROUP, "category"]):
         group = frame[GROUP]
-        first = group.ne_missing(group.shift(1, fill_value=last)) if last is not None else \
-            group.ne_missing(group.shift(1)).fill_null(True)
+        first = group.ne_missing(group.shift(1, fill_value=last))  # the first row against the batch before's last
         parts.append(frame.filter(first).with_columns(pl.col("category").cast(pl.Categorical)))
         last = group[-1]
     if not parts:
