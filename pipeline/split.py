@@ -8,7 +8,7 @@ import polars as pl
 import typer
 
 from chitchat.data.dedup import GROUP
-from chitchat.data.split import SPLITS, SplitConfig, assign_splits, split_file, warm_sklearn
+from chitchat.data.split import SPLITS, SplitConfig, assign_splits, split_file
 from chitchat.core.io import PARQUET, atomic_path, config_from, load_params, section, write_json
 from chitchat.core.parquet_stream import table_schema
 from chitchat.core.stage import run_stage, stage_errors
@@ -25,7 +25,6 @@ def main(
 ) -> None:
     """Split so that no question appears in two splits."""
     with stage_errors("split"):
-        warm_sklearn()
         cfg = config_from(SplitConfig, section(load_params(params), "split", params), "split")
         if GROUP in table_schema(pairs):  # dedup's groups: a batch at a time
             report = split_file(pairs, out_dir, cfg)

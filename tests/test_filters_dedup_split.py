@@ -131,28 +131,22 @@ def test_split_by_dedups_group_column_equals_split_by_the_match_key():
     assert all("group" not in f.columns for f in frames.values())
 
 
-def test_strata_number_categories_as_sklearn_numbers_their_names():
-    """A category's stratum is its name's place among the sorted distinct names, as sklearn numbers
-    string labels, with every category of a single question merged into one rare stratum: the
-    split equals train_test_split given the names themselves."""
+def test_strata_number_categories_in_the_sorted_order_of_their_names():
+    """A category's stratum is its name's place among the sorted distinct names, every category of
+    a single question merged into one rare stratum; unstratified, one stratum."""
     import random
 
-    import numpy as np
-    from sklearn.model_selection import train_test_split
-
-    from chitchat.data.split import RARE, _strata
+    from chitchat.data.split import RARE, _stratum_of
 
     rng = random.Random(5)
     names = [rng.choice(["Юмор", "Авто", "авто", "Zoo", "Б", "б", "ё", "a b", "Спорт"]) for _ in range(500)]
     names += ["один", "one", "😀"]  # categories of one question each
-    counts = {n: names.count(n) for n in names}
-    labels = [n if counts[n] >= 2 else RARE for n in names]
-    want = {name: i for i, name in enumerate(sorted(set(labels)), start=1)}
-    got = _strata(pl.Series(names))
-    assert got.tolist() == [want[n] for n in labels]
-    keys = np.arange(len(names))
-    assert (train_test_split(keys, test_size=50, stratify=got, random_state=1)[1]
-            == train_test_split(keys, test_size=50, stratify=np.array(labels), random_state=1)[1]).all()
+    counts = pl.Series("category", names).value_counts(name="len")
+    labels = {n: n if names.count(n) >= 2 else RARE for n in names}
+    want = {name: i for i, name in enumerate(sorted(set(labels.values())))}
+    got = dict(_stratum_of(counts, True).iter_rows())
+    assert got == {n: want[labels[n]] for n in set(names)}
+    assert set(dict(_stratum_of(counts, False).iter_rows()).values()) == {0}
 
 
 def test_split_is_seeded():

@@ -6,15 +6,14 @@ validation never scores a question the model was trained on.
 
 from __future__ import annotations
 
-import importlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
 
-from chitchat.core.parquet_stream import appenders, batches
+from chitchat.core.parquet_stream import BATCH_ROWS, appenders, batches
 from chitchat.data.dedup import GROUP
 from chitchat.data.normalize import match_key
 from chitchat.data.row_groups import question_runs, value_runs
@@ -32,38 +31,81 @@ class SplitConfig:
     stratify: bool = True
 
 
-def _strata(categories: pl.Series) -> np.ndarray:
-    """Integer strata, numbered in the sorted order of the names (as sklearn numbers string labels),
-    with categories of a single group merged into one rare stratum."""
-    counts = categories.to_frame("c").group_by("c").len()  # a row per category: the ranks are taken on those
-    number = counts.select(pl.when(pl.col("len") >= 2).then(pl.col("c")).otherwise(pl.lit(RARE)).rank("dense"))
-    return categories.replace_strict(counts["c"], number.to_series()).to_numpy()
+def _stratum_of(counts: pl.DataFrame, stratify: bool) -> pl.DataFrame:
+    """(category, stratum) from (category, groups) rows: strata numbered 0.. in the sorted order
+    of the names, every category of a single group in one rare stratum; all 0 unstratified."""
+    if not stratify:
+        return counts.select("category", pl.lit(0, pl.UInt32).alias("stratum"))
+    name = pl.when(pl.col("len") >= 2).then(pl.col("category")).otherwise(pl.lit(RARE))
+    return counts.select("category", (name.rank("dense") - 1).cast(pl.UInt32).alias("stratum"))
 
 
-SKLEARN = "sklearn.model_selection"
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def warm_sklearn() -> threading.Thread:
-    """Import scikit-learn's model selection on a thread: it takes about a second, which the stage
-    spends reading the pairs and computing keys in polars (which releases the GIL) meanwhile.
-    _split's own import then finds the module loaded, or waits for it."""
-    thread = threading.Thread(target=importlib.import_module, args=(SKLEARN,), name="chitchat-import", daemon=True)
-    thread.start()
-    return thread
+def group_rank(numbers: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random 64-bit rank per group number: splitmix64 of number + seed, the same on every
+    machine and library version (a bijection, so no two groups tie)."""
+    z = numbers.astype(np.uint64) + np.uint64((seed + 1) * int(_GOLDEN) % 2**64)  # array arithmetic wraps
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
 
 
-def _split(keys: np.ndarray, categories: pl.Series, n_out: int, seed: int, stratify: bool):
-    """Split keys into (kept, taken) with `n_out` taken; stratified when the counts allow."""
-    train_test_split = importlib.import_module(SKLEARN).train_test_split
-    strata = _strata(categories)
-    if stratify and len(np.unique(strata)) > 1:  # one stratum would only pretend to stratify
-        try:
-            kept, taken = train_test_split(keys, test_size=n_out, stratify=strata, random_state=seed)
-            return kept, taken, True
-        except ValueError:  # too few groups per category for this split size
-            pass
-    kept, taken = train_test_split(keys, test_size=n_out, random_state=seed)
-    return kept, taken, False
+def _allocate(total: int, sizes: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """`total` spread over strata in proportion to `sizes` (largest remainders, ties to the lower
+    stratum), at most `room` each."""
+    whole = int(sizes.sum())
+    share = np.minimum([total * int(s) // whole for s in sizes], room).astype(np.int64)
+    remainder = np.array([total * int(s) % whole for s in sizes], dtype=np.int64)
+    order = np.lexsort((np.arange(len(sizes)), -remainder))
+    while share.sum() < total:  # one more each, in remainder order, to those with room left
+        for i in order[share[order] < room[order]][: total - int(share.sum())]:
+            share[i] += 1
+    return share
+
+
+@dataclass(frozen=True)
+class Quota:
+    """How many groups of each stratum go to valid and to test."""
+
+    valid: np.ndarray
+    test: np.ndarray
+    stratified: bool
+
+    @property
+    def held(self) -> np.ndarray:
+        return self.valid + self.test
+
+
+def quota(groups_per_stratum: np.ndarray, cfg: SplitConfig, source: str) -> Quota:
+    """Valid and test sizes (fractions of the groups, at least 1 each), spread over the strata."""
+    n = int(groups_per_stratum.sum())
+    if n < 3:
+        raise InputError(source, f"only {n} distinct questions: too few to split three ways")
+    n_valid = max(1, round(n * cfg.valid_fraction))
+    n_test = max(1, round(n * cfg.test_fraction))
+    if n_valid + n_test >= n:
+        raise InputError(source, f"only {n} distinct questions: valid ({n_valid}) and test ({n_test}) leave none to train on")
+    valid = _allocate(n_valid, groups_per_stratum, groups_per_stratum)
+    test = _allocate(n_test, groups_per_stratum, groups_per_stratum - valid)
+    return Quota(valid, test, len(groups_per_stratum) > 1)
+
+
+def _held(strata: np.ndarray, ranks: np.ndarray, q: Quota) -> tuple[np.ndarray, np.ndarray]:
+    """(indexes into strata/ranks of the groups kept as held out, their split: 1 valid, 2 test):
+    in each stratum the lowest-ranked q.valid groups go to valid, the next q.test to test."""
+    order = np.lexsort((ranks, strata))
+    s = strata[order]
+    start = np.searchsorted(s, np.arange(len(q.valid)))
+    place = np.arange(len(order)) - start[s]
+    held = place < q.held[s]
+    return order[held], np.where(place[held] < q.valid[s[held]], 1, 2).astype(np.uint8)
+
+
+def _report(q: Quota, n: int) -> dict:
+    valid, test = int(q.valid.sum()), int(q.test.sum())
+    return {"stratified": q.stratified, "questions": {"train": n - valid - test, "valid": valid, "test": test}}
 
 
 def _check(cfg: SplitConfig, source: str) -> None:
@@ -75,19 +117,15 @@ def _check(cfg: SplitConfig, source: str) -> None:
 
 def split_groups(categories: pl.Series, cfg: SplitConfig, source: str = "pairs") -> tuple[np.ndarray, dict]:
     """(split number per group: 0 train, 1 valid, 2 test; the report's `stratified` and
-    `questions`), the groups numbered in order of first appearance with `categories` theirs."""
-    n = categories.len()
-    if n < 3:
-        raise InputError(source, f"only {n} distinct questions: too few to split three ways")
-    n_valid = max(1, round(n * cfg.valid_fraction))
-    n_test = max(1, round(n * cfg.test_fraction))
-    cats = categories.cast(pl.String)  # the stage reads them as Categorical
-    train_keys, held, strat_1 = _split(np.arange(n), cats, n_valid + n_test, cfg.seed, cfg.stratify)
-    valid_keys, test_keys, strat_2 = _split(held, cats.gather(held), n_test, cfg.seed, cfg.stratify)
-    of_group = np.zeros(n, dtype=np.uint8)
-    of_group[valid_keys], of_group[test_keys] = 1, 2
-    return of_group, {"stratified": strat_1 and strat_2,
-                      "questions": {"train": len(train_keys), "valid": len(valid_keys), "test": len(test_keys)}}
+    `questions`), the groups numbered 0.. in order of first appearance, `categories` theirs."""
+    cats = categories.cast(pl.String).fill_null("").to_frame("category")  # the stage reads them as Categorical
+    table = _stratum_of(cats.group_by("category").len(), cfg.stratify)
+    strata = cats.join(table, on="category", how="left", maintain_order="left")["stratum"].to_numpy()
+    q = quota(np.bincount(strata.astype(np.int64), minlength=1), cfg, source)
+    of_group = np.zeros(len(strata), dtype=np.uint8)
+    index, split = _held(strata, group_rank(np.arange(len(strata)), cfg.seed), q)
+    of_group[index] = split
+    return of_group, _report(q, len(strata))
 
 
 def pair_report(counts: pl.DataFrame) -> dict:
@@ -123,43 +161,96 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs") -> 
     return labels, {**report, **pair_report(df.select(labels, "category").group_by("split", "category").len())}
 
 
-def _group_starts(pairs: Path) -> pl.DataFrame:
+class _FirstSeen:
+    """Which group values (uint32) have been seen: one bit each, so the memory is an eighth of a
+    byte per possible value, not a set of the groups."""
+
+    def __init__(self, top: int):
+        self.bits = np.zeros(top // 8 + 1, dtype=np.uint8)
+
+    def new(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of `frame` that are their group's first (in the file so far), in order."""
+        first = frame.filter(frame[GROUP].is_first_distinct())
+        values = first[GROUP].to_numpy().astype(np.int64)
+        byte, bit = values >> 3, (np.uint8(1) << (values & 7).astype(np.uint8))
+        unseen = (self.bits[byte] & bit) == 0
+        np.bitwise_or.at(self.bits, byte[unseen], bit[unseen])
+        return first.filter(pl.Series(unseen))
+
+
+def _group_starts(pairs: Path, top: int) -> Iterator[pl.DataFrame]:
     """(GROUP, category) of the first pair of each question group, in order of first appearance,
-    read a batch at a time (categories as Categorical)."""
-    parts, last = [], None
+    a batch at a time."""
+    seen = _FirstSeen(top)
     for _, frame in batches(pairs, [GROUP, "category"]):
-        group = frame[GROUP]
-        first = group.ne_missing(group.shift(1, fill_value=last))  # the first row against the batch before's last
-        parts.append(frame.filter(first).with_columns(pl.col("category").cast(pl.Categorical)))
-        last = group[-1]
-    if not parts:
-        return pl.DataFrame(schema={GROUP: pl.UInt32, "category": pl.Categorical})
-    runs = pl.concat(parts)
-    return runs.filter(runs[GROUP].is_first_distinct())
+        yield seen.new(frame).with_columns(pl.col("category").cast(pl.String).fill_null(""))
+
+
+def _held_groups(pairs: Path, top: int, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(held-out group values, sorted; their split: 1 valid, 2 test; the report's stratified and
+    questions), the same as split_groups on all groups, in memory that holds the held-out ones.
+
+    A first pass counts each category's groups; a second ranks each group as split_groups does
+    and keeps, per stratum, only the lowest-ranked ones its quota can take."""
+    counts = [starts.group_by("category").len() for starts in _group_starts(pairs, top)]
+    counts = pl.concat(counts).group_by("category").agg(pl.col("len").sum()) if counts else \
+        pl.DataFrame(schema={"category": pl.String, "len": pl.UInt32})
+    table = _stratum_of(counts, cfg.stratify)
+    sizes = counts.join(table, on="category").group_by("stratum").agg(pl.col("len").sum()).sort("stratum")["len"]
+    q = quota(sizes.to_numpy().astype(np.int64) if len(sizes) else np.zeros(1, np.int64), cfg, str(pairs))
+    keep = pl.Series(q.held)
+    held, numbered, size = [], 0, 0
+    for starts in _group_starts(pairs, top):
+        ranks = group_rank(np.arange(numbered, numbered + starts.height), cfg.seed)
+        numbered += starts.height
+        part = starts.join(table, on="category", how="left", maintain_order="left")
+        held.append(part.select(GROUP, "stratum", pl.Series("rank", ranks)))
+        size += starts.height
+        if size > 2 * int(q.held.sum()) + BATCH_ROWS:  # the lowest-ranked of each stratum, kept few
+            held = [_lowest(pl.concat(held), keep)]
+            size = held[0].height
+    held = _lowest(pl.concat(held), keep) if held else pl.DataFrame(schema={GROUP: pl.UInt32, "stratum": pl.UInt32, "rank": pl.UInt64})
+    index, split = _held(held["stratum"].to_numpy(), held["rank"].to_numpy(), q)
+    values = held[GROUP].to_numpy()[index]
+    order = np.argsort(values)
+    return values[order], split[order], _report(q, numbered)
+
+
+def _lowest(part: pl.DataFrame, keep: pl.Series) -> pl.DataFrame:
+    """The rows of each stratum with the `keep[stratum]` lowest ranks."""
+    return part.sort("stratum", "rank").filter(pl.int_range(pl.len()).over("stratum") < pl.lit(keep).gather(pl.col("stratum")))
 
 
 def split_file(pairs: Path, out_dir: Path, cfg: SplitConfig) -> dict:
     """Split a table with dedup's GROUP column into out_dir/{train,valid,test}.parquet; the report.
 
-    The same splits as assign_splits, in memory that holds the groups (not the pairs): a first
-    pass finds each group's first category, the split is drawn per group, and a second pass writes
-    each batch's rows to their split's file."""
+    The same splits as assign_splits, in memory that holds one batch, a bit per group value and
+    the held-out groups: two passes over (GROUP, category) choose the held-out groups, and a
+    third writes each batch's rows to their split's file."""
     _check(cfg, str(pairs))
-    groups = _group_starts(pairs)
-    of_group, report = split_groups(groups["category"], cfg, str(pairs))
-    table = np.zeros(int(groups[GROUP].max()) + 1, dtype=np.uint8)  # group value -> split number
-    table[groups[GROUP].to_numpy()] = of_group
-    del groups
+    top = _top_group(pairs)
+    values, split, report = _held_groups(pairs, top, cfg)
     columns = [c for c in pl.read_parquet_schema(pairs) if c != GROUP]
     names = pl.Series("split", SPLITS, dtype=pl.Enum(SPLITS))
     counts = []
     with appenders({n: out_dir / f"{n}.parquet" for n in SPLITS}, pl.read_parquet(pairs, columns=columns, n_rows=0)) as out:
         for _, frame in batches(pairs, columns + [GROUP]):
-            split = names.gather(table[frame[GROUP].to_numpy()])
-            counts.append(frame.select(split, "category").group_by("split", "category").len())
+            group = frame[GROUP].to_numpy()
+            at = np.minimum(np.searchsorted(values, group), max(len(values) - 1, 0))
+            of_row = np.where(values[at] == group, split[at], 0) if len(values) else np.zeros(len(group), np.uint8)
+            labels = names.gather(of_row)
+            counts.append(frame.select(labels, "category").group_by("split", "category").len())
             for name in SPLITS:
-                out[name].add(frame.filter(split == name).drop(GROUP))
+                out[name].add(frame.filter(labels == name).drop(GROUP))
     return {**report, **pair_report(pl.concat(counts))}
+
+
+def _top_group(pairs: Path) -> int:
+    """The largest group value (0 for an empty table); a null group is an InputError."""
+    stats = pl.scan_parquet(pairs).select(pl.col(GROUP).max().alias("top"), pl.col(GROUP).null_count().alias("nulls")).collect()
+    if stats["nulls"][0]:
+        raise InputError(pairs, f"{stats['nulls'][0]} rows without a {GROUP}: rerun dedup")
+    return int(stats["top"][0] or 0)
 
 
 def split_pairs(df: pl.DataFrame, cfg: SplitConfig, source: str = "pairs"):
