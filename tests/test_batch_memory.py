@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from chitchat.core.batch_memory import BATCH_CONF, batch_conf
+from chitchat.core.batch_memory import ARENAS, BATCH_CONF, batch_conf
 
 REPO = Path(__file__).resolve().parents[1]
 POLARS_DEFAULT = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what polars/__init__.py puts there
 
 
-def test_the_decay_times_go_last_and_other_options_stay():
-    assert batch_conf(None) == batch_conf("") == BATCH_CONF
-    # inherited from a parent that loaded polars: ours come after, so they win
-    assert batch_conf(POLARS_DEFAULT) == f"{POLARS_DEFAULT},{BATCH_CONF}"
-    assert batch_conf("narenas:2") == f"narenas:2,{BATCH_CONF}"
+def test_the_decay_times_go_last_the_arena_count_first_and_other_options_stay():
+    assert batch_conf(None) == batch_conf("") == f"{ARENAS},{BATCH_CONF}"
+    # inherited from a parent that loaded polars: our decay times come after, so they win
+    assert batch_conf(POLARS_DEFAULT) == f"{ARENAS},{POLARS_DEFAULT},{BATCH_CONF}"
+    assert batch_conf("narenas:2") == f"{ARENAS},narenas:2,{BATCH_CONF}"  # the user's arena count comes after ours
     assert batch_conf(batch_conf("narenas:2")) == batch_conf("narenas:2")  # once is enough
 
 
