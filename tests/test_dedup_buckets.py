@@ -1,9 +1,11 @@
 """Dedup in buckets (bounded memory) keeps exactly the rows, groups and counts of dedup on the whole
-table, for any number of buckets; the split streams its outputs and splits as before."""
+table, for any number of buckets; the split reads what it writes."""
 
 import json
+import random
 import subprocess
 import sys
+from contextlib import ExitStack
 
 import polars as pl
 import pytest
@@ -154,3 +156,25 @@ def test_a_missing_or_corrupt_input_table_is_one_line(tmp_path, stage, flag, con
     assert len(lines) == 1 and lines[0].startswith(f"{stage}: error: {pairs}"), proc.stderr
     assert ("not found" if content is None else "not a readable parquet table") in lines[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_the_ordered_write_reads_each_kept_file_forward_once(tmp_path, monkeypatch):
+    """A cursor hands out a kept file's rows below each batch end, in order, and reads every row
+    group once however many batches ask (the write used to scan every file for every batch)."""
+    import pyarrow.parquet as pq
+
+    from chitchat.data import dedup_buckets
+
+    monkeypatch.setattr(dedup_buckets, "KEPT_ROW_GROUP", 10)
+    rows = pl.DataFrame({"_row": sorted(random.Random(2).sample(range(1000), 137)), GROUP: range(137)},
+                        schema={"_row": pl.UInt32, GROUP: pl.UInt32})
+    path = dedup_buckets._write_kept(rows, tmp_path / "kept.parquet")
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, *a, **k: reads.append(i) or real(self, i, *a, **k))
+    with ExitStack() as stack:
+        cursor = dedup_buckets._KeptCursor(path, stack)
+        parts = [(end, cursor.take(end)) for end in range(7, 1008, 7)]
+    assert pl.concat([p for _, p in parts]).equals(rows)
+    assert all(p["_row"].is_between(end - 7, end, closed="left").all() for end, p in parts)
+    assert reads == list(range(14))  # 137 rows in row groups of 10, each read once, in order

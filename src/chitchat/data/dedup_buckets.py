@@ -27,7 +27,7 @@ from chitchat.data.dedup import GROUP, DedupConfig, DedupReport, kept_rows, phra
 from chitchat.data.dedup_keys import lower_yo_series
 from chitchat.data.row_groups import value_runs
 
-KEPT_ROW_GROUP = 1 << 16  # row groups of the kept-row files: a row range reads only its own
+KEPT_ROW_GROUP = 1 << 16  # row groups of the kept-row files: what the ordered write reads at a time
 # Peak RSS of kept_rows per byte of its input's question and answer text (parquet's uncompressed
 # size), measured on benchmarks/data_stages.py dumps; the bucket count is chosen from it.
 MEMORY_PER_TEXT_BYTE = 6.0
@@ -144,13 +144,31 @@ def _phrase_cap(files: list[Path], cfg: DedupConfig, folder: Path, removed: dict
     return out, capped
 
 
+class _KeptCursor:
+    """A kept-row file (ascending _row) read forward a row group at a time: `take(end)` hands out
+    its rows with _row below `end`. The ordered write keeps one cursor per file, so every file is
+    read once in all, whatever the number of batches."""
+
+    def __init__(self, path: Path, stack: ExitStack):
+        self.file = stack.enter_context(pq.ParquetFile(path))
+        self.buffer, self.next_group = pl.from_arrow(self.file.schema_arrow.empty_table()), 0
+
+    def take(self, end: int) -> pl.DataFrame:
+        while (self.buffer.is_empty() or self.buffer["_row"][-1] < end) and self.next_group < self.file.num_row_groups:
+            self.buffer = pl.concat([self.buffer, pl.from_arrow(self.file.read_row_group(self.next_group))])
+            self.next_group += 1
+        n = self.buffer["_row"].search_sorted(end)
+        taken, self.buffer = self.buffer.head(n), self.buffer.slice(n)
+        return taken
+
+
 def _write_in_order(pairs: Path, kept: list[Path], out: Path, columns: list[str]) -> None:
     """The kept rows of `pairs` (its `columns`, then GROUP), in input order, a batch at a time."""
     with ExitStack() as stack:
+        cursors = [_KeptCursor(k, stack) for k in kept]
         writer = Appender(out, stack)
         for start, frame in batches(pairs, columns):
-            in_batch = pl.col("_row").is_between(start, start + frame.height, closed="left")
-            picked = pl.concat([pl.scan_parquet(k).filter(in_batch) for k in kept]).sort("_row").collect()
+            picked = pl.concat([c.take(start + frame.height) for c in cursors]).sort("_row")
             writer.add(frame.gather(picked["_row"] - start).with_columns(picked[GROUP]))
         writer.close(pl.read_parquet(pairs, columns=columns, n_rows=0).with_columns(pl.lit(None, pl.UInt32).alias(GROUP)))
 
