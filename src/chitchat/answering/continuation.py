@@ -18,6 +18,7 @@ import torch
 
 from chitchat.answering.checkpoint import load_checkpoint, load_tokenizer
 from chitchat.data.normalize import normalize_text
+from chitchat.text.user_text import cleaned
 from chitchat.answering.decoding import DecodingConfig, generate
 from chitchat.core.errors import InputError
 from chitchat.answering.service import RequestError, resolve_device
@@ -105,7 +106,7 @@ class ContinuationService:
     def _prompt(self, text: str) -> str:
         if not isinstance(text, str):
             raise RequestError(f"text must be a string, got {type(text).__name__}")
-        text = normalize_text(text, self.lowercase, self.yo_to_e)
+        text = normalize_text(cleaned(text), self.lowercase, self.yo_to_e)
         if not text:
             raise RequestError("text is empty: give the beginning of a text to continue")
         if len(text) > MAX_PROMPT_CHARS:

@@ -21,6 +21,7 @@ from chitchat.core.errors import InputError
 from chitchat.models.base import Seq2Seq, right_pad
 from chitchat.text.prompt import encode_sources
 from chitchat.text.tokenizer import Tokenizer
+from chitchat.text.user_text import cleaned
 
 if TYPE_CHECKING:  # the index module pulls in scipy, polars and scikit-learn: loaded only where used
     from chitchat.answering.retrieval import RetrievalIndex
@@ -143,6 +144,7 @@ class ChatService:
     # -- validation ------------------------------------------------------------------------------
     def resolve_category(self, category: str | None) -> str | None:
         """The model's own name for `category` (None or blank: no category)."""
+        category = None if category is None else cleaned(category)
         if category is None or not category.strip():
             return None
         if category in self._known:
@@ -171,7 +173,7 @@ class ChatService:
     def _question(self, question: str) -> str:
         if not isinstance(question, str):
             raise RequestError(f"question must be text, got {type(question).__name__}")
-        text = normalize_text(question, self.lowercase, self.yo_to_e)
+        text = normalize_text(cleaned(question), self.lowercase, self.yo_to_e)
         if not text:
             raise RequestError("question is empty")
         if len(text) > MAX_QUESTION_CHARS:
@@ -187,7 +189,7 @@ class ChatService:
         if not all(isinstance(turn, str) for turn in history):
             raise RequestError("history must hold text turns only")
         turns = list(history)[-self.max_history:] if self.max_history else []
-        return [normalize_text(turn, self.lowercase, self.yo_to_e) for turn in turns]
+        return [normalize_text(cleaned(turn), self.lowercase, self.yo_to_e) for turn in turns]
 
     # -- answering -------------------------------------------------------------------------------
     def answer(self, question: str, category: str | None = None, decoding: DecodingConfig | None = None,

@@ -13,7 +13,7 @@ import typer
 from chitchat.cli.common import (D, BeamSize, Category, Device, LengthPenalty, MaxNew, MinNew, ModelDir, N,
                                  NoRepeat, RepPenalty, RerankK, RerankMMI, RerankOwn, Seed, Strategy, Temperature,
                                  TopK, TopP, decoding_from, one_line_errors, load_chat_service, load_lm_service,
-                                 print_answers, truncation_note)
+                                 print_answers, truncation_note, user_input)
 
 
 def ask(
@@ -39,6 +39,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Answer one question and exit."""
+    question = user_input(question)
     with one_line_errors():
         decoding = decoding_from(
             strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,
@@ -87,6 +88,7 @@ def continue_text(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Continue a text in the style of the training text (a model trained with model.task lm)."""
+    text = user_input(text)
     with one_line_errors():
         decoding = decoding_from(
             strategy=strategy, beam_size=beam_size, top_p=top_p, top_k=top_k, temperature=temperature,

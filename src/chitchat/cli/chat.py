@@ -13,7 +13,7 @@ import typer
 from chitchat.answering.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
 from chitchat.cli.common import (D, BeamSize, Category, Device, MaxNew, ModelDir, N, NoRepeat, RepPenalty, RerankK,
                                  RerankMMI, RerankOwn, Seed, Strategy, Temperature, TopK, TopP, decoding_from,
-                                 one_line_errors, load_chat_service, print_answers, truncation_note)
+                                 one_line_errors, load_chat_service, print_answers, truncation_note, user_input)
 
 HELP = """commands:
   /category NAME   answer in this category (/category alone lists them, /category - clears it)
@@ -64,7 +64,7 @@ def chat(
             typer.echo()
             return
         try:
-            if not session.handle(line.strip()):
+            if not session.handle(user_input(line).strip()):
                 return
         except ValueError as exc:  # a bad command or question; the conversation goes on
             typer.echo(f"error: {exc}", err=True)

@@ -12,6 +12,16 @@ import typer
 
 from chitchat.answering.decoding import DecodingConfig
 from chitchat.core.errors import InputError
+from chitchat.text.user_text import clean_user_text, replaced_note
+
+def user_input(text: str) -> str:
+    """`text` as typed (argv, stdin) with invalid UTF-8 and control characters replaced, saying so
+    in one line on stderr; the command goes on."""
+    text, found = clean_user_text(text)
+    if found:
+        typer.echo(replaced_note(found), err=True)
+    return text
+
 
 D = DecodingConfig()  # option defaults come from the decoding config, so they cannot drift apart
 
