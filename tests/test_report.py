@@ -162,7 +162,7 @@ def test_stage_writes_every_file_dvc_yaml_declares(stage_inputs):
 @pytest.mark.parametrize("breakage, problem", [
     (lambda root: (root / "tok" / "tokenizer_meta.json").unlink(), "not a tokenizer directory"),
     (lambda root: (root / "split" / "test.parquet").unlink(), "split file not found"),
-    (None, "unknown report params: bins"),
+    (None, "report.bins: unknown key"),
 ])
 def test_bad_input_is_one_line_and_nothing_written(stage_inputs, breakage, problem):
     if breakage:

@@ -85,6 +85,9 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
         raise InputError(path, f"not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise InputError(path, "expected a mapping of sections")
+    from chitchat.core.params_schema import check_params  # pydantic, only where params are read
+
+    check_params(data, str(path))
     return data
 
 

@@ -43,7 +43,7 @@ def _bounded(name: str, **extra):
 class DecodingOptions(BaseModel):
     """Decoding options; each one left out keeps DecodingConfig's default (docs/decoding.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     strategy: Literal["greedy", "beam", "nucleus"] = D.strategy
     max_new_tokens: int = _bounded("max_new_tokens")
     min_new_tokens: int = _bounded("min_new_tokens")
@@ -69,7 +69,7 @@ Turn = Annotated[str, StringConstraints(max_length=limits.MAX_TURN)]
 
 
 class AnswerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     question: str = Field(max_length=limits.MAX_QUESTION, examples=["Как дела?"])
     category: Optional[str] = Field(None, max_length=limits.MAX_CATEGORY,
                                     description="any case; null: none (a character's name for a persona model)")
