@@ -14,6 +14,7 @@ from chitchat.answering.decoding import DecodingConfig
 from chitchat.core.errors import InputError
 from chitchat.text.user_text import clean_user_text, replaced_note
 
+
 def user_input(text: str) -> str:
     """`text` as typed (argv, stdin) with invalid UTF-8 and control characters replaced, saying so
     in one line on stderr; the command goes on."""

@@ -115,13 +115,24 @@ def _check(cfg: SplitConfig, source: str) -> None:
         raise InputError(source, "valid_fraction + test_fraction must be below 1")
 
 
+def _strata_and_quota(counts: list[pl.DataFrame], cfg: SplitConfig, source: str) -> tuple[pl.DataFrame, Quota]:
+    """(category -> stratum table, the quota) from (category, len) group counts, summed."""
+    counts = pl.concat(counts).group_by("category").agg(pl.col("len").sum())
+    table = _stratum_of(counts, cfg.stratify)
+    sizes = counts.join(table, on="category").group_by("stratum").agg(pl.col("len").sum()).sort("stratum")["len"]
+    return table, quota(sizes.to_numpy().astype(np.int64) if len(sizes) else np.zeros(1, np.int64), cfg, source)
+
+
+def _as_names(categories: pl.Expr) -> pl.Expr:
+    return categories.cast(pl.String).fill_null("")  # the stage reads them as Categorical
+
+
 def split_groups(categories: pl.Series, cfg: SplitConfig, source: str = "pairs") -> tuple[np.ndarray, dict]:
     """(split number per group: 0 train, 1 valid, 2 test; the report's `stratified` and
     `questions`), the groups numbered 0.. in order of first appearance, `categories` theirs."""
-    cats = categories.cast(pl.String).fill_null("").to_frame("category")  # the stage reads them as Categorical
-    table = _stratum_of(cats.group_by("category").len(), cfg.stratify)
+    cats = categories.to_frame("category").select(_as_names(pl.col("category")))
+    table, q = _strata_and_quota([cats.group_by("category").len()], cfg, source)
     strata = cats.join(table, on="category", how="left", maintain_order="left")["stratum"].to_numpy()
-    q = quota(np.bincount(strata.astype(np.int64), minlength=1), cfg, source)
     of_group = np.zeros(len(strata), dtype=np.uint8)
     index, split = _held(strata, group_rank(np.arange(len(strata)), cfg.seed), q)
     of_group[index] = split
@@ -183,7 +194,7 @@ def _group_starts(pairs: Path, top: int) -> Iterator[pl.DataFrame]:
     a batch at a time."""
     seen = _FirstSeen(top)
     for _, frame in batches(pairs, [GROUP, "category"]):
-        yield seen.new(frame).with_columns(pl.col("category").cast(pl.String).fill_null(""))
+        yield seen.new(frame).with_columns(_as_names(pl.col("category")))
 
 
 def _held_groups(pairs: Path, top: int, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -192,12 +203,9 @@ def _held_groups(pairs: Path, top: int, cfg: SplitConfig) -> tuple[np.ndarray, n
 
     A first pass counts each category's groups; a second ranks each group as split_groups does
     and keeps, per stratum, only the lowest-ranked ones its quota can take."""
-    counts = [starts.group_by("category").len() for starts in _group_starts(pairs, top)]
-    counts = pl.concat(counts).group_by("category").agg(pl.col("len").sum()) if counts else \
-        pl.DataFrame(schema={"category": pl.String, "len": pl.UInt32})
-    table = _stratum_of(counts, cfg.stratify)
-    sizes = counts.join(table, on="category").group_by("stratum").agg(pl.col("len").sum()).sort("stratum")["len"]
-    q = quota(sizes.to_numpy().astype(np.int64) if len(sizes) else np.zeros(1, np.int64), cfg, str(pairs))
+    empty = pl.DataFrame(schema={"category": pl.String, "len": pl.UInt32})  # a file without rows
+    table, q = _strata_and_quota([empty, *(starts.group_by("category").len() for starts in _group_starts(pairs, top))],
+                                 cfg, str(pairs))
     keep = pl.Series(q.held)
     held, numbered, size = [], 0, 0
     for starts in _group_starts(pairs, top):
@@ -209,7 +217,7 @@ def _held_groups(pairs: Path, top: int, cfg: SplitConfig) -> tuple[np.ndarray, n
         if size > 2 * int(q.held.sum()) + BATCH_ROWS:  # the lowest-ranked of each stratum, kept few
             held = [_lowest(pl.concat(held), keep)]
             size = held[0].height
-    held = _lowest(pl.concat(held), keep) if held else pl.DataFrame(schema={GROUP: pl.UInt32, "stratum": pl.UInt32, "rank": pl.UInt64})
+    held = _lowest(pl.concat(held), keep)  # the quota has made sure of at least 3 groups
     index, split = _held(held["stratum"].to_numpy(), held["rank"].to_numpy(), q)
     values = held[GROUP].to_numpy()[index]
     order = np.argsort(values)
@@ -236,8 +244,8 @@ def split_file(pairs: Path, out_dir: Path, cfg: SplitConfig) -> dict:
     with appenders({n: out_dir / f"{n}.parquet" for n in SPLITS}, pl.read_parquet(pairs, columns=columns, n_rows=0)) as out:
         for _, frame in batches(pairs, columns + [GROUP]):
             group = frame[GROUP].to_numpy()
-            at = np.minimum(np.searchsorted(values, group), max(len(values) - 1, 0))
-            of_row = np.where(values[at] == group, split[at], 0) if len(values) else np.zeros(len(group), np.uint8)
+            at = np.minimum(np.searchsorted(values, group), len(values) - 1)  # the quota holds out >= 2 groups
+            of_row = np.where(values[at] == group, split[at], 0)
             labels = names.gather(of_row)
             counts.append(frame.select(labels, "category").group_by("split", "category").len())
             for name in SPLITS:
