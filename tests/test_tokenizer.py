@@ -53,3 +53,15 @@ def test_sentencepiece_too_small_vocab_is_a_clear_error():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="tokenizer.kind"):
         train_tokenizer(CORPUS, CATEGORIES, kind="wordpiece")
+
+
+def test_a_vocab_below_the_alphabet_is_refused_with_the_least_that_works():
+    with pytest.raises(ValueError, match=r"tokenizer.vocab_size = 5: too small.* need (\d+) \(the least") as info:
+        train_tokenizer(CORPUS, CATEGORIES, kind="tokenizers", vocab_size=5)
+    least = int(info.value.args[0].split(" need ")[1].split()[0])
+    alphabet = len(set("".join(CORPUS).replace(" ", "")) | {"▁"})
+    assert least == len(SPECIALS) + 1 + len(CATEGORIES) + alphabet  # specials, unknown + 3 categories, characters
+    exact = train_tokenizer(CORPUS, CATEGORIES, kind="tokenizers", vocab_size=least)  # the least works
+    assert exact.vocab_size == least and exact.decode(exact.encode(CORPUS[0])) == CORPUS[0]
+    with pytest.raises(ValueError, match="too small"):
+        train_tokenizer(CORPUS, CATEGORIES, kind="tokenizers", vocab_size=least - 1)

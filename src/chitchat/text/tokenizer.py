@@ -188,4 +188,16 @@ def train_tokenizer(
         backend = _train_spm(texts, vocab_size, extra)
     else:
         backend = _train_hf(texts, vocab_size, min_frequency, extra)
+        _check_room(backend, vocab_size, len(SPECIALS) + len(extra))
     return Tokenizer(kind, backend, cats)
+
+
+def _check_room(backend, vocab_size: int, reserved: int) -> None:
+    """BPE keeps every special token and every character of the texts whatever the target size, so
+    a target below that comes back larger than asked and without one merge (not a word in it):
+    refused, saying the least that works."""
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise ValueError(f"tokenizer.vocab_size = {vocab_size}: too small, the {reserved} special and category "
+                         f"tokens and the {size - reserved} characters of the train split need {size} "
+                         f"(the least that works, with no merges; BPE learns words above it, e.g. 8000)")
