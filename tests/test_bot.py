@@ -7,16 +7,17 @@ import io
 import logging
 import threading
 from datetime import datetime, timezone
-from typing import Any, AsyncGenerator
+from typing import Any, AsyncGenerator, Callable
 
 import pytest
 from aiogram import Bot
 from aiogram.client.session.base import BaseSession
-from aiogram.methods import SendChatAction, SendMessage, TelegramMethod
+from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter
+from aiogram.methods import GetUpdates, SendChatAction, SendMessage, TelegramMethod
 from aiogram.types import Chat, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove, Sticker, Update, User
 from typer.testing import CliRunner
 
-from chitchat.serve.bot import NO_CATEGORY, ChatBot, Redact, parse_option
+from chitchat.serve.bot import NO_CATEGORY, BoundedStore, ChatBot, Redact, RetryRequests, make_bot, parse_option
 from chitchat.cli import app as cli_app
 from chitchat.answering.decoding import DecodingConfig
 from test_inference import PAIRS, service, tiny_model  # noqa: F401  (module-scoped fixtures)
@@ -30,9 +31,14 @@ class FakeSession(BaseSession):
 
     def __init__(self):
         super().__init__()
-        self.calls: list[TelegramMethod] = []
+        self.calls: list[TelegramMethod] = []  # the calls answered
+        self.refused: list[Exception] = []  # what the calls that failed raised
+        self.failures: list[Callable[[TelegramMethod], Exception]] = []  # the next calls fail with these
 
     async def make_request(self, bot: Bot, method: TelegramMethod, timeout: int | None = None) -> Any:
+        if self.failures:
+            self.refused.append(self.failures.pop(0)(method))
+            raise self.refused[-1]
         self.calls.append(method)
         if isinstance(method, SendMessage):
             return Message(message_id=len(self.calls), date=NOW, text=method.text,
@@ -47,16 +53,25 @@ class FakeSession(BaseSession):
 
 
 class Harness:
-    """One ChatBot, one dispatcher, one fake Telegram; `send` feeds a message and returns the replies."""
+    """One ChatBot, one dispatcher, one fake Telegram; `send` feeds a message and returns the replies.
 
-    def __init__(self, service):
-        self.chat_bot = ChatBot(service)
+    Time is `now`, moved on by `tick` seconds before each message (2 s: a user writing that often never
+    meets the default rate limit); `sleeps` records what the bot's RetryRequests waited, without waiting."""
+
+    def __init__(self, service, tick: float = 2.0, **options):
+        self.now, self.tick = 1000.0, tick
+        self.sleeps: list[float] = []
+        self.chat_bot = ChatBot(service, clock=lambda: self.now, **options)
         self.dp = self.chat_bot.dispatcher()
         self.session = FakeSession()
-        self.bot = Bot(TOKEN, session=self.session)
+        self.bot = make_bot(TOKEN, self.session, RetryRequests(sleep=self.sleep))
         self.updates = 0
 
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
     def update(self, text: str | None = None, chat_id: int = 1, **extra) -> Update:
+        self.now += self.tick
         self.updates += 1
         message = Message(message_id=self.updates, date=NOW, chat=Chat(id=chat_id, type="private"),
                           from_user=User(id=chat_id, is_bot=False, first_name="Тест"), text=text, **extra)
@@ -152,6 +167,171 @@ def test_settings_are_per_chat_and_reset_forgets_them(tg):
     assert tg.say("/reset", chat_id=1) == "Conversation and settings reset."
     assert 1 not in tg.chat_bot.chats
     assert "now: category none, strategy greedy" in tg.say("/help", chat_id=1)
+
+
+def test_reset_clears_the_history(tg):
+    tg.say("Как дела?")
+    assert tg.chat_bot.chats[1].history == ["Как дела?", "Нормально, а у тебя?"]
+    tg.say("/reset")
+    tg.say("/help")
+    assert tg.chat_bot.chats[1].history == []
+
+
+def test_a_flood_gets_one_slow_down_reply_and_nothing_more(service):
+    tg = Harness(service, tick=0.0)  # every message at the same instant; default limit: 5 at once, 5 per 10 s
+    assert [len(tg.send("/help", chat_id=1)) for _ in range(5)] == [1] * 5
+    [slow] = tg.send("/help", chat_id=1)
+    assert slow.text == "Slow down a little: I answer at most 5 messages per 10 s. Try again in 2 s."
+    assert all(tg.send("/help", chat_id=1) == [] for _ in range(10))  # silence, not a reply to each
+    assert "now: category none" in tg.say("/help", chat_id=2)  # another user is not held back
+    tg.now += 1.9
+    assert tg.send("/help", chat_id=1) == []  # not yet
+    tg.now += 0.1
+    assert "now: category none" in tg.say("/help", chat_id=1)  # a token came back after 10 / 5 s
+    assert tg.send("Как дела?", chat_id=1) == []  # and it was spent: still quiet, no second warning
+    tg.now += 10
+    assert tg.say("Как дела?", chat_id=1) == "Нормально, а у тебя?"  # questions count like commands
+
+
+def test_the_rate_limit_counts_the_sender_and_is_configurable(service):
+    tg = Harness(service, tick=0.0, rate_limit=2, rate_window=60)
+    group = Chat(id=-100, type="group")
+    for user, expected in [(7, 1), (7, 1), (7, 1), (7, 0), (8, 1)]:  # two users in one group chat
+        message = Message(message_id=1, date=NOW, chat=group, from_user=User(id=user, is_bot=False, first_name="x"),
+                          text="/help")
+        before = len(tg.session.calls)
+        asyncio.run(tg.dp.feed_update(tg.bot, Update(update_id=1, message=message)))
+        assert len(tg.session.calls) - before == expected, user
+    assert tg.session.calls[-2].text == "Slow down a little: I answer at most 2 messages per 60 s. Try again in 30 s."
+    unlimited = Harness(service, tick=0.0, rate_limit=0)
+    assert all(len(unlimited.send("/help")) == 1 for _ in range(20))
+
+
+def test_a_flood_warning_comes_again_only_after_a_calm_window(service):
+    tg = Harness(service, tick=0.0, rate_limit=1, rate_window=10)
+    tg.say("/help")
+    assert tg.say("/help").startswith("Slow down")
+    tg.now += 10  # one token back, but the bucket (of one) is full again: a new flood may be warned
+    tg.say("/help")
+    assert tg.say("/help").startswith("Slow down")
+    assert tg.send("/help") == []
+
+
+def test_rate_buckets_are_bounded_and_forgotten_when_full_again(service):
+    tg = Harness(service, tick=0.0, rate_limit=2, rate_window=10, max_chats=3)
+    for chat in range(1, 5):
+        tg.send("/help", chat_id=chat)
+    buckets = tg.chat_bot.limiter.buckets
+    assert len(buckets) == 3 and 1 not in buckets and 4 in buckets
+    tg.now += 10
+    assert len(buckets) == 0
+
+
+def test_retry_after_is_waited_out_and_the_message_delivered(tg, caplog):
+    tg.session.failures = [lambda method: TelegramRetryAfter(method, "Too Many Requests: retry after 7", 7)]
+    with caplog.at_level(logging.WARNING, logger="chitchat.serve.bot"):
+        [reply] = tg.send("/help")
+    assert "now: category none" in reply.text and tg.sleeps == [7.0]
+    assert len(tg.session.refused) == 1 and isinstance(tg.session.refused[0], TelegramRetryAfter)
+    assert "SendMessage: TelegramRetryAfter" in caplog.text and "retry 1 of 3 in 7 s" in caplog.text
+
+
+def test_network_errors_are_retried_with_exponential_backoff(tg):
+    tg.session.failures = [lambda method: TelegramNetworkError(method, "Request timeout error")] * 3
+    assert tg.say("Как дела?") == "Нормально, а у тебя?"  # the first call, sendChatAction, failed three times
+    assert tg.sleeps == [1.0, 2.0, 4.0] and isinstance(tg.session.calls[0], SendChatAction)
+
+
+def test_past_the_retries_it_gives_up_logs_and_keeps_working(tg, caplog):
+    tg.session.failures = [lambda method: TelegramRetryAfter(method, "Too Many Requests: retry after 1", 1)] * 4
+    with caplog.at_level(logging.WARNING, logger="chitchat.serve.bot"):
+        assert tg.send("/help") == []  # no exception out of the dispatcher: the update is done
+    assert tg.sleeps == [1.0, 2.0, 4.0] and len(tg.session.refused) == 4
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "SendMessage gave up after 3 retries: TelegramRetryAfter" in errors[0].getMessage()
+    assert "update 1 (chat 1) not answered: TelegramRetryAfter" in caplog.text
+    assert "now: category none" in tg.say("/help")  # the next message is answered as usual
+
+
+def test_a_retry_after_too_long_is_not_waited(tg, caplog):
+    tg.session.failures = [lambda method: TelegramRetryAfter(method, "Too Many Requests: retry after 3600", 3600)]
+    with caplog.at_level(logging.ERROR, logger="chitchat.serve.bot"):
+        assert tg.send("/help") == []
+    assert tg.sleeps == [] and "SendMessage gave up (would wait 3600 s)" in caplog.text
+
+
+def test_get_updates_is_left_to_the_polling_loop():
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def make_request(bot, method):
+        raise TelegramNetworkError(method, "Request timeout error")
+
+    with pytest.raises(TelegramNetworkError):
+        asyncio.run(RetryRequests(sleep=sleep)(make_request, None, GetUpdates(timeout=30)))
+    assert sleeps == []
+
+
+def test_chat_states_are_capped_least_recently_used_first(service):
+    tg = Harness(service, max_chats=3)
+    for chat in (1, 2, 3):
+        tg.say("/category юмор", chat_id=chat)
+    tg.say("/help", chat_id=1)  # chat 1 used again: chat 2 is now the oldest
+    tg.say("/help", chat_id=4)
+    assert len(tg.chat_bot.chats) == 3 and 2 not in tg.chat_bot.chats
+    assert all(chat in tg.chat_bot.chats for chat in (1, 3, 4))
+    assert "now: category Юмор" in tg.say("/help", chat_id=1)
+    assert "now: category none" in tg.say("/help", chat_id=2)  # evicted: back to the defaults
+
+
+def test_an_idle_chat_is_forgotten(service):
+    tg = Harness(service, idle_seconds=3600)
+    tg.say("/category юмор", chat_id=1)
+    tg.say("Как дела?", chat_id=1)
+    tg.say("/strategy beam", chat_id=2)
+    tg.now += 3000
+    assert "now: category none, strategy beam" in tg.say("/help", chat_id=2)  # chat 2 used: its hour restarts
+    tg.now += 600  # chat 1 silent for 3600 s and more
+    assert 1 not in tg.chat_bot.chats and 2 in tg.chat_bot.chats
+    assert "now: category none, strategy greedy" in tg.say("/help", chat_id=1)
+    assert tg.chat_bot.chats[1].history == []
+
+
+def test_bounded_store_directly():
+    now = [0.0]
+    store: BoundedStore[str, list] = BoundedStore(2, 10, clock=lambda: now[0])
+    a = store.get_or_add("a", list)
+    assert store.get_or_add("a", list) is a and store["a"] is a
+    store.get_or_add("b", list)
+    now[0] = 5
+    store.get("a")
+    store.get_or_add("c", list)
+    assert "b" not in store and len(store) == 2
+    now[0] = 14.9
+    assert "a" in store and store.get("c") == []  # "c" used again at 14.9
+    now[0] = 15  # "a" unused for 10 s
+    assert "a" not in store and store.get("a") is None and "c" in store
+    assert store.pop("c") == [] and len(store) == 0 and store.pop("c", "gone") == "gone"
+    with pytest.raises(KeyError):
+        store["c"]
+    for bad in [dict(max_items=0, idle_seconds=1), dict(max_items=1, idle_seconds=0)]:
+        with pytest.raises(ValueError):
+            BoundedStore(**bad)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--rate-limit", "-1"], "rate limit must be >= 0 messages"),
+    (["--rate-window", "0"], "rate window must be > 0 seconds"),
+    (["--max-chats", "0"], "max chats must be >= 1"),
+    (["--idle-hours", "-2"], "idle time must be > 0 seconds"),
+])
+def test_bot_options_out_of_range_are_one_line(tiny_model, options, message):
+    result = CliRunner().invoke(cli_app, ["bot", "--model", str(tiny_model), *options],
+                                env={"TELEGRAM_BOT_TOKEN": TOKEN})
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.output
+    assert TOKEN not in result.output
 
 
 def test_bad_questions_unknown_commands_and_stickers(tg):

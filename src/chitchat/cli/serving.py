@@ -51,6 +51,10 @@ def bot(
     device: Device = "cpu",
     max_batch: MaxBatch = 16,
     threads: Threads = 0,
+    rate_limit: Annotated[int, typer.Option("--rate-limit", help="messages a user may send at once, then as many per --rate-window (0: no limit)")] = 5,
+    rate_window: Annotated[float, typer.Option("--rate-window", help="seconds per --rate-limit messages after the first burst")] = 10.0,
+    max_chats: Annotated[int, typer.Option("--max-chats", help="chat states kept at most (least recently used go first)")] = 10_000,
+    idle_hours: Annotated[float, typer.Option("--idle-hours", help="a chat silent this long is forgotten (settings, history)")] = 6.0,
 ) -> None:
     """Run the Telegram bot until Ctrl-C; the token comes from $TELEGRAM_BOT_TOKEN."""
     token = os.environ.get("TELEGRAM_BOT_TOKEN", "").strip()
@@ -59,9 +63,12 @@ def bot(
                    "export its token)", err=True)
         raise typer.Exit(1)
     with one_line_errors():
-        from chitchat.serve.bot import check_token, run_bot  # aiogram only here
+        from chitchat.serve.bot import check_bot_options, check_token, run_bot  # aiogram only here
 
+        options = dict(rate_limit=rate_limit, rate_window=rate_window, max_chats=max_chats,
+                       idle_seconds=idle_hours * 3600)
         check_token(token)
+        check_bot_options(**options)
         _set_threads(threads)
         service = load_chat_service(model, device)
-        run_bot(service, token, max_batch)
+        run_bot(service, token, max_batch, **options)
