@@ -195,7 +195,7 @@ class RetrievalIndex:
             questions = _load_csr(directory / "questions", len(tokens))
             histories = _load_csr(directory / "histories", len(tokens)) if (directory / "histories").is_dir() else None
             pairs = pl.read_parquet(directory / "pairs.parquet")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError) as exc:
             raise InputError(directory, f"damaged retrieval index ({exc.__class__.__name__}: {exc}); "
                                         "rerun `dvc repro -f train`") from None
         if questions.shape[0] != pairs.height:

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from chitchat.answering.decoding import OPTION_TYPES, DecodingConfig, parse_option_value
+from chitchat.core.errors import InputError
 from chitchat.cli.common import (D, BeamSize, Category, Device, MaxNew, ModelDir, N, NoRepeat, RepPenalty, RerankK,
                                  RerankMMI, RerankOwn, Seed, Strategy, Temperature, TopK, TopP, decoding_from,
                                  one_line_errors, load_chat_service, print_answers, truncation_note, user_input)
@@ -53,6 +54,8 @@ def chat(
         )
         service = load_chat_service(model, device)
         session = ChatSession(service, service.resolve_category(category), service.check_decoding(decoding))
+        if decoding.rerank_k:
+            service.index  # read now: a damaged index is one line here, not an error at the first question
     _line_editing()
     typer.echo("chitchat: type a question; /help lists the commands, /quit leaves")
     if service.max_history:
@@ -66,7 +69,7 @@ def chat(
         try:
             if not session.handle(user_input(line).strip()):
                 return
-        except ValueError as exc:  # a bad command or question; the conversation goes on
+        except (ValueError, InputError) as exc:  # a bad command or question, a damaged index: the talk goes on
             typer.echo(f"error: {exc}", err=True)
         except KeyboardInterrupt:
             typer.echo("(answer cancelled)", err=True)

@@ -11,7 +11,6 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from chitchat.answering.decoding import DecodingConfig
-from chitchat.core.errors import InputError
 from chitchat.text.user_text import clean_user_text, replaced_note
 
 
@@ -51,13 +50,18 @@ RerankMMI = Annotated[float, typer.Option("--rerank-mmi", help="rerank: subtract
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Bad input becomes `chitchat: error: <problem>` and exit 1, never a traceback."""
+    """Bad input becomes `chitchat: error: <problem>` and exit 1, never a traceback: a missing or
+    damaged model file (InputError), a bad option or question (RequestError and DecodingConfig
+    errors are ValueErrors), a file that cannot be read or written (OSError)."""
     try:
         yield
-    except (InputError, ValueError) as exc:  # RequestError and DecodingConfig errors are ValueErrors
-        if os.environ.get("CHITCHAT_DEBUG"):
+    except Exception as exc:
+        from chitchat.core.io import problem_line  # on an error only: `chitchat --help` loads no more
+
+        problem = problem_line(exc)
+        if problem is None or os.environ.get("CHITCHAT_DEBUG"):
             raise
-        typer.echo(f"chitchat: error: {exc}", err=True)
+        typer.echo(f"chitchat: error: {problem}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("chitchat: interrupted", err=True)

@@ -11,21 +11,24 @@ from typing import Callable, Iterator, NoReturn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from chitchat.core.errors import InputError
+from chitchat.core.io import problem_line
 
 
 @contextlib.contextmanager
 def stage_errors(stage: str) -> Iterator[None]:
-    """Turn bad input and bad params into `stage: error: <file>: <problem>` and exit 1.
+    """Turn bad input and bad params into `stage: error: <file>: <problem>` and exit 1; so too an
+    output that cannot be written (`<file>: cannot write (No space left on device)`, the previous
+    file kept) and an OSError (`<file>: <reason>`). Any other error keeps its traceback.
 
     Set CHITCHAT_DEBUG=1 to see the traceback instead.
     """
     try:
         yield
-    except (InputError, ValueError) as exc:
-        if os.environ.get("CHITCHAT_DEBUG"):
+    except Exception as exc:
+        problem = problem_line(exc)
+        if problem is None or os.environ.get("CHITCHAT_DEBUG"):
             raise
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        print(f"{stage}: error: {problem}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; no output was written", file=sys.stderr)
