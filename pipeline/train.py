@@ -1,6 +1,8 @@
 """Stage train: fit the model chosen by `model.type` on the train split, keep the best on valid."""
 
 import dataclasses
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from chitchat.models import ModelConfig, build_model
 from chitchat.text.tokenizer import Tokenizer
 from chitchat.training import distributed
 from chitchat.training.batching import encode_pairs, encode_text_windows
-from chitchat.training.loop import TrainConfig, seed_everything, train
+from chitchat.training.loop import TrainConfig, seed_everything, set_cpu_threads, train
 
 app = typer.Typer(add_completion=False)
 
@@ -48,6 +50,8 @@ def main(
         tcfg, mcfg, tok = _configs(all_params, params, tokenizer_dir)
         ctx, device = distributed.setup(tcfg.device)
         try:
+            # the same count, the same sums: bit-identical CPU reruns (torchrun's processes share the CPUs)
+            threads = set_cpu_threads(tcfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
             if device.type == "cpu":
                 torch.use_deterministic_algorithms(True)
             seed_everything(tcfg.seed)
@@ -64,7 +68,8 @@ def main(
         # every question -> answer model keeps the baseline's index beside it: rerank_k and the comparison
         index = RetrievalIndex.fit(frames[0], rcfg, context["max_history"]) if mcfg.task != "lm" else None
         _save(out_dir, model, tok, mcfg, tcfg, result, context, index)
-        write_json(metrics, _summary(mcfg, tcfg, result, parameters, device, ctx, len(train_ex), context))
+        write_json(metrics, _summary(mcfg, tcfg, result, parameters, device, ctx, len(train_ex), context, threads))
+        publish_curves(resume_file, live_dir)
         typer.echo(f"train: best valid loss {result.best_valid_loss:.4f} at step {result.best_step}", err=True)
 
 
@@ -125,7 +130,7 @@ def _save(out_dir: Path, model, tok, mcfg: ModelConfig, tcfg: TrainConfig, resul
 
 
 def _summary(mcfg: ModelConfig, tcfg: TrainConfig, result, parameters: dict, device, ctx, train_examples: int,
-             context: dict) -> dict:
+             context: dict, threads: int) -> dict:
     """metrics/train.json."""
     return {
         "model_type": mcfg.type,
@@ -134,6 +139,7 @@ def _summary(mcfg: ModelConfig, tcfg: TrainConfig, result, parameters: dict, dev
         **({"pretrained": mcfg.pretrained, "lora_r": mcfg.lora_r} if mcfg.type == "hf" else {}),
         "device": device.type,
         "processes": ctx.world,
+        "threads": threads,
         "precision": result.precision,
         "compiled": tcfg.compile,
         "steps": result.steps,
@@ -149,16 +155,23 @@ def _summary(mcfg: ModelConfig, tcfg: TrainConfig, result, parameters: dict, dev
         "stopped_early": result.stopped_early,
         "stopped_by_time": result.stopped_by_time,
         "skipped_steps": result.skipped_steps,
+        "resumed_from_step": result.resumed_from_step,
     }
 
 
 def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: distributed.DistContext,
         live_dir: Path, resume_file: Path):
-    """Run the loop with dvclive curves and a progress bar on rank 0 only."""
+    """Run the loop with dvclive curves and a progress bar on rank 0 only.
+
+    The curves grow in a folder beside the resume file (data/resume/live: watch it there) and
+    replace `live_dir` when the model is saved (publish_curves), so metrics/live never shows a killed run's curves beside
+    another model; a resumed run replays the curve up to its checkpoint first.
+    """
     if not ctx.is_main:
         return train(model, train_ex, valid_ex, tcfg, pad_id, device, resume_path=resume_file,
                      rank=ctx.rank, world=ctx.world)
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    growing = resume_file.parent / "live"
+    live = Live(str(growing), dvcyaml=False, save_dvc_exp=False, report=None)
 
     def log(step: int, values: dict) -> None:
         live.step = step
@@ -173,11 +186,22 @@ def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: 
             bar.update(task, completed=step, total=total, info=info)
 
         # The resume file lies outside every DVC output: DVC deletes outputs before a stage runs.
+        def say(line: str) -> None:  # one line, never wrapped at the console's width
+            bar.console.print(f"train: {line}", markup=False, highlight=False, soft_wrap=True)
+
         result = train(model, train_ex, valid_ex, tcfg, pad_id, device, log, progress, resume_file,
-                       rank=ctx.rank, world=ctx.world)
+                       rank=ctx.rank, world=ctx.world, say=say)
     live.make_summary()
     live.end()
     return result
+
+
+def publish_curves(resume_file: Path, live_dir: Path) -> None:
+    """The finished run's curves (fit) replace `live_dir`, after the model and train.json."""
+    growing = resume_file.parent / "live"
+    with atomic_dir(live_dir) as tmp:
+        shutil.copytree(growing, tmp, dirs_exist_ok=True)
+    shutil.rmtree(growing)
 
 
 def train_retrieval(rcfg: RetrievalConfig, split_dir: Path, out_dir: Path, metrics: Path, live_dir: Path,

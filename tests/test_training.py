@@ -152,7 +152,9 @@ def test_a_killed_run_resumes_with_the_same_curve_and_weights(tmp_path):
                       checkpoint_every=5, accum_steps=2)
     full_log = []
     reference = model(dropout=0.2)  # dropout: the RNG state must be restored too
-    train(reference, data, valid, cfg, PAD, torch.device("cpu"), log=lambda s, v: full_log.append((s, v)))
+    reference_result = train(reference, data, valid, cfg, PAD, torch.device("cpu"),
+                             log=lambda s, v: full_log.append((s, v)))
+    assert reference_result.resumed_from_step == 0
 
     resume = tmp_path / "resume.pt"
 
@@ -164,16 +166,20 @@ def test_a_killed_run_resumes_with_the_same_curve_and_weights(tmp_path):
         train(model(dropout=0.2), data, valid, cfg, PAD, torch.device("cpu"), log=kill_at_step_12, resume_path=resume)
     assert resume.exists()
 
-    resumed_log = []
+    resumed_log, said = [], []
     resumed = model(dropout=0.2)
     result = train(resumed, data, valid, cfg, PAD, torch.device("cpu"), log=lambda s, v: resumed_log.append((s, v)),
-                   resume_path=resume)
+                   resume_path=resume, say=said.append)
     assert resumed_log == full_log
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
     assert result.steps == full_log[-1][0] and not resume.exists()
+    assert said == [f"resuming from {resume} at step 10 (same params and data)"] and result.resumed_from_step == 10
+    # the totals count the whole run, not only the steps after the resume
+    assert result.train_tokens == reference_result.train_tokens and result.seconds > 0
 
 
-def test_a_resume_file_from_other_params_is_ignored(tmp_path):
+@pytest.mark.parametrize("change", ["params", "data", "damaged"])
+def test_a_resume_file_from_other_params_or_data_is_set_aside(tmp_path, change):
     data = examples(60)
     resume = tmp_path / "resume.pt"
     cfg = TrainConfig(epochs=1, max_tokens=128, eval_every=100, checkpoint_every=1)
@@ -184,10 +190,25 @@ def test_a_resume_file_from_other_params_is_ignored(tmp_path):
 
     with pytest.raises(Killed):
         train(model(), data, data, cfg, PAD, torch.device("cpu"), log=stop, resume_path=resume)
-    other = TrainConfig(epochs=1, max_tokens=128, eval_every=100, checkpoint_every=1, lr=1e-4)
-    steps = []
-    train(model(), data, data, other, PAD, torch.device("cpu"), log=lambda s, v: steps.append(s), resume_path=resume)
-    assert steps[0] == 1  # started afresh
+    saved = resume.read_bytes()
+    if change == "params":
+        cfg = TrainConfig(epochs=1, max_tokens=128, eval_every=100, checkpoint_every=1, lr=1e-4)
+    elif change == "data":  # one token of one answer differs: same count, same lengths
+        data = data[:30] + [Example(data[30].src, data[30].tgt[:1] + [11 if data[30].tgt[1] != 11 else 10]
+                                    + data[30].tgt[2:])] + data[31:]
+    else:
+        resume.write_bytes(saved[: len(saved) // 2])  # cut short, as by a full disk
+    steps, said = [], []
+    result = train(model(), data, data, cfg, PAD, torch.device("cpu"), log=lambda s, v: steps.append(s),
+                   resume_path=resume, say=said.append)
+    assert steps[0] == 1 and result.resumed_from_step == 0  # started afresh
+    aside = tmp_path / "resume.stale.pt"
+    problem = "damaged (" if change == "damaged" else "from a run with other params or data"
+    assert len(said) == 1 and said[0].startswith(f"{resume} is {problem}")
+    assert said[0].endswith("set aside as resume.stale.pt, training from step 0")
+    assert aside.is_file() and not resume.exists()  # set aside, not mixed in; the finished run removed its own
+    if change != "damaged":
+        assert aside.read_bytes() == saved
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -198,6 +198,7 @@ class Train(_Section):
     max_minutes: Optional[Annotated[float, Field(ge=0)]] = None
     max_steps: Optional[Count] = None
     checkpoint_every: Optional[Count] = None
+    threads: Optional[Count] = None
     precision: Optional[Literal["auto", "fp32", "bf16", "fp16"]] = None
     compile: Optional[bool] = None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between resume checkpoints; 0 = no resume
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the training forward/backward
+    threads: int = 0  # CPU threads of torch's kernels; 0 = every CPU this process may use (set_cpu_threads)
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "inverse_sqrt"):
@@ -70,6 +72,24 @@ class TrainResult:
     stopped_by_time: bool
     precision: str = "fp32"
     skipped_steps: int = 0
+    resumed_from_step: int = 0  # the checkpoint's step when the run went on from a resume file, else 0
+
+
+def set_cpu_threads(threads: int, processes: int = 1) -> int:
+    """Fix the thread count of torch's CPU kernels and return it: 0 = every CPU this process may use,
+    shared out among `processes` on this machine (torchrun's processes).
+
+    A CPU run's numbers depend on it: matrix products and reductions split their sums across the
+    threads, so one thread and two differ in the 7th digit of the loss from step 3 on (measured on
+    the default GRU). Set here, OMP_NUM_THREADS or MKL_NUM_THREADS in the environment change nothing.
+    """
+    if threads < 0:
+        raise ValueError(f"train.threads must be >= 0 (0 = every CPU), got {threads}")
+    if not threads:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cpus // max(1, processes))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def seed_everything(seed: int) -> None:
@@ -173,20 +193,23 @@ def all_sum(value: float, world: int, device: torch.device) -> float:
 def train(model: Seq2Seq, train_ex: Sequence[Example], valid_ex: Sequence[Example], cfg: TrainConfig,
           pad_id: int, device: torch.device, log: Callable[[int, dict], None] | None = None,
           progress: Callable[[int, int, dict], None] | None = None,
-          resume_path: Path | None = None, rank: int = 0, world: int = 1) -> TrainResult:
+          resume_path: Path | None = None, rank: int = 0, world: int = 1,
+          say: Callable[[str], None] | None = None) -> TrainResult:
     """Train in place; on return the model holds the weights of the best validation loss.
 
     `log(step, values)` receives train and validation losses (for dvclive); `progress(step,
     total, values)` drives a progress bar. With `resume_path` and `cfg.checkpoint_every`, the full
     training state is saved there every so many steps, and a run started again with the same
-    params and data continues from it (the logged history is replayed to `log` first).
+    params and data continues from it (the logged history is replayed to `log` first); one from
+    other params or data is set aside. `say` gets that line. The result's totals (steps, tokens,
+    seconds) count the whole run, the steps before the resume included.
 
     With `world` > 1 (a process group already initialized, see distributed.py) the model is
     wrapped in DistributedDataParallel; only rank 0 logs, reports progress and saves state.
     `cfg.precision` picks autocast (and a grad scaler for fp16); `cfg.compile` runs the training
     forward and backward through torch.compile (validation and decoding use the plain module).
     """
-    run = _Run(model, train_ex, valid_ex, cfg, pad_id, device, log, progress, resume_path, rank, world)
+    run = _Run(model, train_ex, valid_ex, cfg, pad_id, device, log, progress, resume_path, rank, world, say)
     run.run_epochs()
     return run.finish()
 
@@ -207,7 +230,7 @@ class _Run:
     """One training run's parts (model, optimizer, schedule, state), so each phase is one method."""
 
     def __init__(self, model, train_ex, valid_ex, cfg: TrainConfig, pad_id: int, device: torch.device,
-                 log, progress, resume_path: Path | None, rank: int, world: int):
+                 log, progress, resume_path: Path | None, rank: int, world: int, say=None):
         seed_everything(cfg.seed)
         model.to(device).train()
         self.model, self.train_ex, self.valid_ex, self.cfg, self.pad_id = model, train_ex, valid_ex, cfg, pad_id
@@ -222,15 +245,19 @@ class _Run:
         total_steps = max(1, self.steps_per_epoch * cfg.epochs)
         total_steps = self.total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg, total_steps))
-        self.fp = fingerprint(model, train_ex, cfg)
-        self.st = load_resume(resume_path, self.fp, model, self.opt, self.sched, self.precision) or TrainState()
+        self.fp = fingerprint(model, train_ex, cfg, valid_ex)
+        state, note = load_resume(resume_path, self.fp, model, self.opt, self.sched, self.precision)
+        if note and say and self.main:
+            say(note)
+        self.st = state or TrainState()
+        self.resumed_from_step = self.st.step
         self.log, self.progress = (log, progress) if self.main else (None, None)
         for past_step, past_values in self.st.history:
             if self.log:
                 self.log(past_step, past_values)
         self.stopped_early = self.stopped_by_time = self.stopped_by_steps = False
         self.start = time.perf_counter()
-        self.tokens_at_start = self.st.tokens
+        self.tokens_at_start, self.seconds_before = self.st.tokens, self.st.seconds
         self.deadline = self.start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
 
     def validate(self) -> float:
@@ -296,6 +323,7 @@ class _Run:
         if self.stopped_early or self.stopped_by_time or self.stopped_by_steps:
             return True
         if self.main and self.resume_path is not None and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+            st.seconds = self.seconds()
             save_resume(self.resume_path, self.fp, self.model, self.opt, self.sched, st, self.precision)
         return False
 
@@ -311,7 +339,10 @@ class _Run:
             self.model.load_state_dict(st.best_state)
         if self.main and self.resume_path is not None and self.resume_path.exists():
             self.resume_path.unlink()  # finished: a later run must start afresh
-        seconds = time.perf_counter() - self.start
         return TrainResult(st.step, round(st.step / max(1, self.steps_per_epoch), 3), st.best_step, st.best_loss,
-                           st.train_loss, st.tokens - self.tokens_at_start, seconds, self.stopped_early,
-                           self.stopped_by_time, self.precision.name, st.skipped_steps)
+                           st.train_loss, st.tokens, self.seconds(), self.stopped_early,
+                           self.stopped_by_time, self.precision.name, st.skipped_steps, self.resumed_from_step)
+
+    def seconds(self) -> float:
+        """Training time of the whole run: this process's and, after a resume, the time saved with the checkpoint."""
+        return self.seconds_before + time.perf_counter() - self.start
