@@ -196,6 +196,33 @@ def test_chat_reports_a_damaged_index_met_mid_conversation_and_goes_on(models, t
     assert result.stdout.count("bot> ") == 1  # the question after /set rerank_k=0 is answered
 
 
+def test_serve_and_bot_meet_a_damaged_index_on_first_rerank_with_one_line_and_go_on(models, tmp_path, caplog):
+    """serve and bot read rerank_k's index on the first request that asks for it: that request gets
+    a one-line 503 (the bot: a one-line reply), the log one line without a traceback, and requests
+    without rerank_k are answered as before."""
+    from fastapi.testclient import TestClient
+
+    from chitchat.answering.service import ChatService
+    from chitchat.serve.app import create_app
+    from test_bot import Harness
+
+    model = shutil.copytree(models["gru"], tmp_path / "model")
+    damaged = truncated_index_pairs(model)
+    with TestClient(create_app(ChatService.load(model))) as client:
+        caplog.clear()
+        bad = client.post("/api/answer", json={"question": "Как дела?", "decoding": {"rerank_k": 3}})
+        assert bad.status_code == 503
+        assert bad.json()["detail"].startswith(f"{damaged}: damaged retrieval index") and "\n" not in bad.json()["detail"]
+        assert "Traceback" not in caplog.text and str(damaged) in caplog.text
+        assert client.post("/api/answer", json={"question": "Как дела?"}).status_code == 200
+    tg = Harness(ChatService.load(model))
+    assert tg.say("/strategy greedy rerank_k=3").startswith("Strategy: greedy")
+    reply = tg.say("Как дела?")
+    assert reply.startswith("error: the server cannot answer with these options now")
+    tg.say("/reset")
+    assert not tg.say("Как дела?").startswith("error")
+
+
 def test_the_console_script_on_a_truncated_checkpoint_prints_no_traceback(models, tmp_path):
     """As a user runs it: a process of its own, stderr as the terminal shows it."""
     model = shutil.copytree(models["gru"], tmp_path / "model")

@@ -8,6 +8,7 @@ whose `detail` is one readable line; `errors` lists each problem when the body f
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from chitchat.answering.decoding import DecodingConfig
 from chitchat.answering.service import ChatService, RequestError
+from chitchat.core.errors import InputError
 from chitchat.serve import limits
 from chitchat.serve.batcher import Batcher
 
@@ -32,6 +34,7 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024  # a full request (question, 20 turns of history, options) is far smaller
 D = DecodingConfig()
 B = limits.BOUNDS
+log = logging.getLogger(__name__)
 
 
 def _bounded(name: str, **extra):
@@ -145,6 +148,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def bad_request(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(InputError)
+    async def damaged_model(request: Request, exc: InputError) -> JSONResponse:
+        # a model file read on first use (the retrieval index of rerank_k) is damaged: one log line, no traceback
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:

@@ -40,6 +40,7 @@ from aiogram.utils.token import TokenValidationError, validate_token
 
 from chitchat.answering.decoding import OPTION_TYPES, STRATEGIES, DecodingConfig, parse_option_value
 from chitchat.answering.service import ChatService, RequestError
+from chitchat.core.errors import InputError
 from chitchat.serve import limits
 from chitchat.serve.batcher import Batcher
 
@@ -420,6 +421,11 @@ class ChatBot:
             reply = await self.batcher.reply(text, state.category, state.decoding, state.history)
         except RequestError as exc:
             await message.answer(f"error: {exc}")
+            return
+        except InputError as exc:  # a model file read on first use (rerank_k's index) is damaged
+            log.error("chat %s: %s", message.chat.id, exc)
+            await message.answer("error: the server cannot answer with these options now (a model file is "
+                                 "damaged); /reset goes back to the defaults")
             return
         state.history = (state.history + [text, reply.answers[0].text if reply.answers else ""])[-limits.MAX_HISTORY:]
         await message.answer(format_answers(reply))
