@@ -19,7 +19,7 @@ import yaml
 from chitchat.answering.checkpoint import load_checkpoint
 from chitchat.answering.decoding import DecodingConfig, generate
 from chitchat.core.errors import InputError
-from chitchat.text.hf_tokenizer import INSTALL_HINT, import_transformers
+from chitchat.text.hf_tokenizer import CONDITION_LINES, INSTALL_HINT, HFTokenizer, import_transformers
 from chitchat.answering.service import ChatService
 from chitchat.models import ModelConfig, build_model
 from chitchat.models.hf import load_pretrained
@@ -251,6 +251,29 @@ def test_train_and_evaluate_stages_write_a_self_contained_model_and_the_usual_me
     assert "lora" not in json.dumps(transformers.AutoConfig.from_pretrained(hf).to_dict()).lower()  # merged
     model, ckpt = load_checkpoint(trained / "data" / "model")
     assert ckpt["hf_dir"] == "hf" and "state_dict" not in ckpt and model.cfg.type == "hf"
+
+
+@pytest.mark.parametrize("condition_field", ["category", "speaker"])
+def test_the_saved_chat_template_renders_the_prompt_chitchat_trains_on(trained, tmp_path, condition_field):
+    """transformers' own apply_chat_template (as vLLM or TGI would call it) on the saved folder gives
+    the token ids chitchat builds: category or character line, the turns, BOS."""
+    hf = trained / "data" / "model" / "hf"
+    if condition_field == "speaker":  # a persona model: the same folder with the character line
+        tok = HFTokenizer.load(hf, category_line=CONDITION_LINES["speaker"])
+        tok.save(tmp_path / "persona")
+        hf = tmp_path / "persona"
+    ours = HFTokenizer.load(hf)
+    theirs = transformers.AutoTokenizer.from_pretrained(hf)
+    assert theirs.chat_template == ours.chat_template()
+    name = sorted(ours.categories)[0]
+    history = ["Привет!", "Здравствуй, как жизнь?"]
+    messages = [{"role": "system", "content": name}, {"role": "user", "content": history[0]},
+                {"role": "assistant", "content": history[1]}, {"role": "user", "content": "Что посоветуешь почитать?"}]
+    rendered = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    prompt, cut = ours.encode_source("Что посоветуешь почитать?", name, history, max_len=512)
+    assert not cut and list(rendered["input_ids"]) == prompt + [ours.bos_id]
+    text = theirs.apply_chat_template(messages[1:], add_generation_prompt=False, tokenize=False)
+    assert text == "— Привет!\n— Здравствуй, как жизнь?\n— Что посоветуешь почитать?\n"  # no system: no line
 
 
 def test_chat_service_answers_from_data_model_without_the_pretrained_folder(trained, pretrained, tmp_path):

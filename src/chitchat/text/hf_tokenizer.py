@@ -156,10 +156,28 @@ class HFTokenizer:
         return [Example(src, [self.bos_id] + a[: max_tgt_len - 2] + [self.eos_id])
                 for (src, _), a in zip(sources, answers)]
 
+    def chat_template(self) -> str:
+        """The prompt above as a Jinja chat template (tokenizer_config.json's `chat_template`), so
+        `apply_chat_template`, vLLM or TGI build the prompt this model was trained on: a system
+        message is the category (or character) line, every other message a turn, the generation
+        prompt BOS. Send at most prepare.max_history earlier turns, as chitchat does."""
+        prefix, _, suffix = self.category_line.partition("{}")
+        turn_prefix, _, turn_suffix = TURN_LINE.partition("{}")
+        quote = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  a Jinja string literal
+        return ("{%- for message in messages -%}"
+                "{%- if message['role'] == 'system' -%}"
+                f"{{{{ {quote(prefix)} + message['content'] + {quote(suffix)} }}}}"
+                "{%- else -%}"
+                f"{{{{ {quote(turn_prefix)} + message['content'] + {quote(turn_suffix)} }}}}"
+                "{%- endif -%}"
+                "{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{ bos_token }}{%- endif -%}")
+
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self._backend.chat_template = self.chat_template()
         self._backend.save_pretrained(str(directory))
         meta = {"kind": KIND, "categories": sorted(self.categories),
                 "prompt": {"category": self.category_line, "turn": TURN_LINE}}
