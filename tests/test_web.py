@@ -146,6 +146,38 @@ def test_huge_body_is_refused_before_parsing(client):
     assert response.status_code == 413 and "at most" in response.json()["detail"]
 
 
+def test_a_chunked_body_over_the_cap_is_refused_after_reading_little_of_it(service):
+    """No Content-Length to trust: the server stops at the first chunk past the cap and answers 413
+    while the client is still sending (a raw socket, as a hostile client would)."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    from chitchat.serve.app import MAX_BODY_BYTES
+
+    with running_server(create_app(service)) as url:
+        where = urlsplit(url)
+        sock = socket.create_connection((where.hostname, where.port), timeout=10)
+        sock.sendall(b"POST /api/answer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk, sent = b"a" * 8192, 0
+        try:
+            while sent < 50 * 2**20 and not select.select([sock], [], [], 0.001)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):  # the server hung up after its answer
+            pass
+        reply = sock.recv(65536)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert b"at most" in reply and sent < 4 * 2**20, sent  # refused long before 50 MB went out
+        small = httpx.post(f"{url}/api/answer", content=iter([b'{"question": ', b'"\xd0\x9a\xd0\xb0\xd0\xba '
+                                                               b'\xd0\xb4\xd0\xb5\xd0\xbb\xd0\xb0?"}']),
+                           headers={"content-type": "application/json"}, timeout=30)
+        assert small.status_code == 200 and small.json()["question"] == "Как дела?"  # within the cap: answered
+        assert MAX_BODY_BYTES < 4 * 2**20
+
+
 class CountingService:
     """The real service, counting decoder calls and how many questions each one got."""
 

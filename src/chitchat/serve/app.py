@@ -163,16 +163,59 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_body_cap(app: FastAPI) -> None:
-    """Refuse a body over MAX_BODY_BYTES by its Content-Length, before it is read."""
+    """Refuse a body over MAX_BODY_BYTES before the app reads it: 413 (BodyCap)."""
+    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
 
-    @app.middleware("http")
-    async def cap_body(request: Request, call_next):
-        size = request.headers.get("content-length", "0")
-        if not size.isdigit():
-            return JSONResponse({"detail": "bad Content-Length header"}, status_code=400)
-        if int(size) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"the body must be at most {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+
+class BodyCap:
+    """ASGI middleware: a body over `limit` bytes gets a 413 and is not read further.
+
+    With a Content-Length the header decides before a byte is read (the server reads no more than
+    it says). Without one (`Transfer-Encoding: chunked`) the body is read here as it arrives, up to
+    the first chunk past `limit` (so at most `limit` + one chunk), then refused; a body within the
+    cap is handed to the app as if it had just arrived.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _refuse(400, "bad Content-Length header", scope, receive, send)
+            if int(length) > self.limit:
+                return await _refuse(413, self.too_big(), scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before its body was in
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await _refuse(413, self.too_big(), scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # what comes after the body: a disconnect
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    def too_big(self) -> str:
+        return f"the body must be at most {self.limit} bytes"
+
+
+async def _refuse(status: int, detail: str, scope, receive, send) -> None:
+    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
 
 
 def _add_api(app: FastAPI, service: ChatService, batcher: Batcher) -> None:
