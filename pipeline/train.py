@@ -140,6 +140,8 @@ def _summary(mcfg: ModelConfig, tcfg: TrainConfig, result, parameters: dict, dev
         "device": device.type,
         "processes": ctx.world,
         "threads": threads,
+        # the vector instructions torch's kernels use (AVX2, AVX512): CPUs of another kind round differently
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "precision": result.precision,
         "compiled": tcfg.compile,
         "steps": result.steps,
