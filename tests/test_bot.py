@@ -17,7 +17,8 @@ from aiogram.methods import GetUpdates, SendChatAction, SendMessage, TelegramMet
 from aiogram.types import Chat, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove, Sticker, Update, User
 from typer.testing import CliRunner
 
-from chitchat.serve.bot import NO_CATEGORY, BoundedStore, ChatBot, Redact, RetryRequests, make_bot, parse_option
+from chitchat.serve.bot import NO_CATEGORY, ChatBot, Redact, parse_option
+from chitchat.serve.flood import BoundedStore, RetryRequests, make_bot
 from chitchat.cli import app as cli_app
 from chitchat.answering.decoding import DecodingConfig
 from test_inference import PAIRS, service, tiny_model  # noqa: F401  (module-scoped fixtures)
