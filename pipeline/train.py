@@ -172,8 +172,7 @@ def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: 
     if not ctx.is_main:
         return train(model, train_ex, valid_ex, tcfg, pad_id, device, resume_path=resume_file,
                      rank=ctx.rank, world=ctx.world)
-    growing = resume_file.parent / "live"
-    live = Live(str(growing), dvcyaml=False, save_dvc_exp=False, report=None)
+    live = Live(str(_growing_curves(resume_file)), dvcyaml=False, save_dvc_exp=False, report=None)
 
     def log(step: int, values: dict) -> None:
         live.step = step
@@ -198,9 +197,14 @@ def fit(model, train_ex, valid_ex, tcfg: TrainConfig, pad_id: int, device, ctx: 
     return result
 
 
+def _growing_curves(resume_file: Path) -> Path:
+    """Where fit's curves grow until publish_curves moves them: beside the resume file."""
+    return resume_file.parent / "live"
+
+
 def publish_curves(resume_file: Path, live_dir: Path) -> None:
     """The finished run's curves (fit) replace `live_dir`, after the model and train.json."""
-    growing = resume_file.parent / "live"
+    growing = _growing_curves(resume_file)
     with atomic_dir(live_dir) as tmp:
         shutil.copytree(growing, tmp, dirs_exist_ok=True)
     shutil.rmtree(growing)
