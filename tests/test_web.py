@@ -146,20 +146,17 @@ def test_huge_body_is_refused_before_parsing(client):
     assert response.status_code == 413 and "at most" in response.json()["detail"]
 
 
-def test_a_chunked_body_over_the_cap_is_refused_after_reading_little_of_it(service):
-    """No Content-Length to trust: the server stops at the first chunk past the cap and answers 413
-    while the client is still sending (a raw socket, as a hostile client would)."""
+def send_chunked_until_answered(url: str, path: str) -> tuple[bytes, int]:
+    """POST an endless chunked body to `path` on a raw socket, as a hostile client would, until the
+    server answers; (the reply's first bytes, bytes of body sent)."""
     import select
     import socket
     from urllib.parse import urlsplit
 
-    from chitchat.serve.app import MAX_BODY_BYTES
-
-    with running_server(create_app(service)) as url:
-        where = urlsplit(url)
-        sock = socket.create_connection((where.hostname, where.port), timeout=10)
-        sock.sendall(b"POST /api/answer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" % path.encode())
         chunk, sent = b"a" * 8192, 0
         try:
             while sent < 50 * 2**20 and not select.select([sock], [], [], 0.001)[0]:
@@ -167,8 +164,16 @@ def test_a_chunked_body_over_the_cap_is_refused_after_reading_little_of_it(servi
                 sent += len(chunk)
         except (BrokenPipeError, ConnectionResetError):  # the server hung up after its answer
             pass
-        reply = sock.recv(65536)
-        sock.close()
+        return sock.recv(65536), sent
+
+
+def test_a_chunked_body_over_the_cap_is_refused_after_reading_little_of_it(service):
+    """No Content-Length to trust: the server stops at the first chunk past the cap and answers 413
+    while the client is still sending."""
+    from chitchat.serve.app import MAX_BODY_BYTES
+
+    with running_server(create_app(service)) as url:
+        reply, sent = send_chunked_until_answered(url, "/api/answer")
         assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
         assert b"at most" in reply and sent < 4 * 2**20, sent  # refused long before 50 MB went out
         small = httpx.post(f"{url}/api/answer", content=iter([b'{"question": ', b'"\xd0\x9a\xd0\xb0\xd0\xba '

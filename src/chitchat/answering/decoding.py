@@ -199,8 +199,15 @@ def _banned_tensor(banned_ids: Sequence[int], device) -> torch.Tensor:
 
 # --- greedy and sampling: one row per answer -------------------------------------------------------
 
+# on_step(slots, tokens) -> slots to stop: called once per step with the answer slot (question *
+# copies + copy) and chosen token of every live row (EOS included: that row ends); a returned slot
+# ends now with the token just chosen (a stop string matched, or its client left).
+StepHook = Callable[[list[int], list[int]], "set[int] | None"]
+
+
 def _decode_rows(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id: int, eos_id: int,
-                 banned_ids: Sequence[int], copies: int, choose) -> list[list[Hypothesis]]:
+                 banned_ids: Sequence[int], copies: int, choose, on_step: StepHook | None = None
+                 ) -> list[list[Hypothesis]]:
     """`copies` answers per source, each token picked by `choose(scores (rows, vocab)) -> (rows,)`."""
     device, batch = src.device, src.size(0)
     banned = _banned_tensor(banned_ids, device)
@@ -224,8 +231,14 @@ def _decode_rows(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id:
         tokens = choose(process_logprobs(raw, history, step, cfg, banned, eos_id))
         logprob = logprob + raw.gather(1, tokens.unsqueeze(1)).squeeze(1)
         ended = tokens == eos_id
-        if bool(ended.any()):  # drop ended answers from the batch
+        stopped = _stopped(on_step, owner, tokens, ended)
+        if bool(stopped.any()):  # the token that completed a stop string is the answer's last
+            finish(owner[stopped], torch.cat([history[stopped], tokens[stopped].unsqueeze(1)], dim=1),
+                   logprob[stopped])
+        if bool(ended.any()):
             finish(owner[ended], history[ended], logprob[ended])
+        ended = ended | stopped
+        if bool(ended.any()):  # drop ended answers from the batch
             keep = (~ended).nonzero().squeeze(1)
             owner, tokens, history, logprob = owner[keep], tokens[keep], history[keep], logprob[keep]
             if not keep.numel():
@@ -237,16 +250,28 @@ def _decode_rows(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id:
     return [sorted(answers[q * copies:(q + 1) * copies], key=lambda h: -h.score) for q in range(batch)]
 
 
+def _stopped(on_step: StepHook | None, owner: torch.Tensor, tokens: torch.Tensor, ended: torch.Tensor
+             ) -> torch.Tensor:
+    """Rows (not ending at EOS) whose slot `on_step` asks to stop; all False without a hook."""
+    if on_step is None:
+        return torch.zeros_like(ended)
+    stop = on_step(owner.tolist(), tokens.tolist()) or ()
+    if not stop:
+        return torch.zeros_like(ended)
+    asked = torch.tensor([slot in stop for slot in owner.tolist()], dtype=torch.bool, device=ended.device)
+    return asked & ~ended
+
+
 def greedy(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id: int, eos_id: int,
-           banned_ids: Sequence[int] = ()) -> list[list[Hypothesis]]:
+           banned_ids: Sequence[int] = (), on_step: StepHook | None = None) -> list[list[Hypothesis]]:
     """The most likely allowed token at every step: one hypothesis per source (batch, src_len)."""
     cfg.validate()
     with _inference(model):
-        return _decode_rows(model, src, cfg, bos_id, eos_id, banned_ids, 1, lambda s: s.argmax(dim=-1))
+        return _decode_rows(model, src, cfg, bos_id, eos_id, banned_ids, 1, lambda s: s.argmax(dim=-1), on_step)
 
 
 def sample(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id: int, eos_id: int,
-           banned_ids: Sequence[int] = ()) -> list[list[Hypothesis]]:
+           banned_ids: Sequence[int] = (), on_step: StepHook | None = None) -> list[list[Hypothesis]]:
     """cfg.n answers per source drawn with temperature, top-k and top-p, most likely first."""
     cfg.validate()
     generator = torch.Generator(device=src.device).manual_seed(cfg.seed)
@@ -256,7 +281,7 @@ def sample(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id: int, 
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
     with _inference(model):
-        return _decode_rows(model, src, cfg, bos_id, eos_id, banned_ids, cfg.n, choose)
+        return _decode_rows(model, src, cfg, bos_id, eos_id, banned_ids, cfg.n, choose, on_step)
 
 
 # --- beam search ----------------------------------------------------------------------------------
@@ -356,10 +381,15 @@ def _beam_search(model, src, cfg, bos_id, eos_id, banned_ids) -> list[list[Hypot
 # --- one entry point ------------------------------------------------------------------------------
 
 def generate(model: Seq2Seq, src: torch.Tensor, cfg: DecodingConfig, bos_id: int, eos_id: int,
-             banned_ids: Sequence[int] = ()) -> list[list[Hypothesis]]:
+             banned_ids: Sequence[int] = (), on_step: StepHook | None = None) -> list[list[Hypothesis]]:
     """For src (batch, src_len): per question a list of cfg.n hypotheses, best first (beam: sorted by score).
 
-    `banned_ids` (pad, unk, bos, sep, category tokens) are never generated.
+    `banned_ids` (pad, unk, bos, sep, category tokens) are never generated. `on_step` (StepHook)
+    sees every token as it is chosen, for greedy and nucleus; beam search decides its answers only
+    at the end, so it has no such hook (a stream gets beam answers whole).
     """
-    strategy = {"greedy": greedy, "beam": beam_search, "nucleus": sample}
-    return strategy[cfg.validate().strategy](model, src, cfg, bos_id, eos_id, banned_ids)
+    cfg.validate()
+    if cfg.strategy == "beam":
+        return beam_search(model, src, cfg, bos_id, eos_id, banned_ids)
+    strategy = greedy if cfg.strategy == "greedy" else sample
+    return strategy(model, src, cfg, bos_id, eos_id, banned_ids, on_step)

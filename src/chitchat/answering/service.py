@@ -15,7 +15,8 @@ import torch
 
 from chitchat.answering.checkpoint import (RETRIEVAL_DIR, checkpoint_file, load_tokenizer, model_from_checkpoint,
                                           read_checkpoint)
-from chitchat.answering.decoding import DecodingConfig, generate
+from chitchat.answering.decoding import DecodingConfig, StepHook, generate
+from chitchat.answering.streaming import AnswerStream
 from chitchat.data.normalize import normalize_text
 from chitchat.core.errors import InputError
 from chitchat.models.base import Seq2Seq, right_pad
@@ -39,6 +40,7 @@ class RequestError(ValueError):
 class Answer:
     text: str
     score: float  # the decoder's ranking score (length-normalized log-probability for beam)
+    tokens: int = 0  # tokens generated (EOS not counted); retrieval: words of the answer
 
 
 @dataclass(frozen=True)
@@ -204,12 +206,15 @@ class ChatService:
 
     def answer_batch(self, questions: Sequence[str], categories: Sequence[str | None] | None = None,
                      decoding: DecodingConfig | None = None,
-                     histories: Sequence[Sequence[str] | None] | None = None) -> list[Reply]:
+                     histories: Sequence[Sequence[str] | None] | None = None,
+                     streams: Sequence[AnswerStream | None] | None = None) -> list[Reply]:
         """Answer several questions in one decoder call; one Reply per question, in order.
 
         `categories` gives one category per question (None: none for all). `histories` gives the
         earlier turns of each conversation, oldest first (None: none); the model reads the last
         `max_history` of them (recorded by training; 0, and checkpoints older than history, read none).
+        `streams` (one per question, or None) see greedy and nucleus answers token by token and may
+        stop them (chitchat.answering.streaming); other strategies hand them their answers whole.
         """
         decoding = self.check_decoding(decoding or DecodingConfig())
         texts, names, contexts = self._inputs(questions, categories, histories)
@@ -223,13 +228,16 @@ class ChatService:
                 neutral = self._sources([""] * len(texts), names)[0] if decoding.rerank_mmi else None
                 ranked = rerank(self.model, self.tokenizer, self.index, rows, texts, names, contexts, decoding,
                                 self.max_tgt_len, self.device, neutral)
-            answers = [[Answer(c.text, c.score) for c in row] for row in ranked]
+            answers = [[Answer(c.text, c.score, len(self.tokenizer.encode(c.text))) for c in row] for row in ranked]
         else:
+            hook = step_hook(streams, decoding, self.tokenizer.eos_id)
             with self._lock, torch.inference_mode():
                 hyps = generate(self.model, right_pad(rows, self.tokenizer.pad_id).to(self.device), decoding,
-                                self.tokenizer.bos_id, self.tokenizer.eos_id, banned_ids=self.tokenizer.never_generated)
-            answers = [[Answer(self.tokenizer.decode(h.ids), float(h.score))
+                                self.tokenizer.bos_id, self.tokenizer.eos_id, banned_ids=self.tokenizer.never_generated,
+                                on_step=hook)
+            answers = [[Answer(self.tokenizer.decode(h.ids), float(h.score), len(h.ids))
                         for h in sorted(row, key=lambda h: h.score, reverse=True)] for row in hyps]
+        finish_streams(streams, answers, decoding, stepped=not decoding.rerank_k)
         return [Reply(ans, name, text, cut, n_tok, len(context))
                 for text, name, cut, n_tok, ans, context in zip(texts, names, truncated, lengths, answers, contexts)]
 
@@ -261,6 +269,35 @@ class ChatService:
                                  self.conditioned)
         rows = [s.ids for s in sources]
         return rows, [s.truncated for s in sources], [len(r) for r in rows]
+
+
+def step_hook(streams: Sequence[AnswerStream | None] | None, decoding: DecodingConfig, eos_id: int
+              ) -> StepHook | None:
+    """The decoding hook that feeds every token of answer slot (question * copies + copy) to its stream."""
+    if not streams or not any(streams) or decoding.strategy == "beam" or decoding.rerank_k:
+        return None
+    copies = decoding.n if decoding.strategy == "nucleus" else 1
+
+    def hook(slots: list[int], tokens: list[int]) -> set[int]:
+        stop = set()
+        for slot, token in zip(slots, tokens):
+            stream = streams[slot // copies]
+            if stream is not None and stream.token(slot % copies, token, token == eos_id):
+                stop.add(slot)
+        return stop
+
+    return hook
+
+
+def finish_streams(streams: Sequence[AnswerStream | None] | None, answers: list[list[Answer]],
+                   decoding: DecodingConfig, stepped: bool) -> None:
+    """After a decoder call: streams fed token by token end what is open; the others get answers whole."""
+    for stream, found in zip(streams or (), answers):
+        if stream is None:
+            continue
+        if not (stepped and decoding.strategy != "beam"):
+            stream.whole([(a.text, a.tokens) for a in found], decoding.max_new_tokens)
+        stream.close(decoding.max_new_tokens)
 
 
 class HFChatService(ChatService):
@@ -313,12 +350,14 @@ class RetrievalChatService(ChatService):
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
-    def answer_batch(self, questions, categories=None, decoding=None, histories=None) -> list[Reply]:
+    def answer_batch(self, questions, categories=None, decoding=None, histories=None, streams=None) -> list[Reply]:
         decoding = self.check_decoding(decoding or DecodingConfig())
         texts, names, contexts = self._inputs(questions, categories, histories)
         if not texts:
             return []
         with self._lock:
             hits = self.index.search(texts, names if self.conditioned else None, contexts, k=decoding.n)
-        return [Reply([Answer(h.answer, h.score) for h in found], name, text, False, len(text.split()), len(context))
-                for text, name, found, context in zip(texts, names, hits, contexts)]
+        answers = [[Answer(h.answer, h.score, len(h.answer.split())) for h in found] for found in hits]
+        finish_streams(streams, answers, decoding, stepped=False)
+        return [Reply(found, name, text, False, len(text.split()), len(context))
+                for text, name, found, context in zip(texts, names, answers, contexts)]

@@ -32,17 +32,27 @@ def serve(
     max_batch: MaxBatch = 16,
     threads: Threads = 0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's: critical | error | warning | info | debug")] = "info",
+    max_queue: Annotated[int, typer.Option("--max-queue", help="requests that may wait for the model; more get 429 with Retry-After at once")] = 256,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds a request may wait for its answer (streamed: its first token), then 503 (0: no limit)")] = 60.0,
+    api_key: Annotated[str, typer.Option("--api-key", help="when set, /v1/* and /api/* need 'Authorization: Bearer KEY' (default: $CHITCHAT_API_KEY; /health and /metrics stay open)", show_default=False)] = "",
 ) -> None:
-    """Serve the chat page and the JSON API (docs at /docs) until Ctrl-C."""
+    """Serve the chat page, the JSON API and an OpenAI-compatible /v1 API (docs at /docs) until Ctrl-C."""
     with one_line_errors():
+        if max_queue < 1:
+            raise ValueError(f"--max-queue must be >= 1, got {max_queue}")
+        if timeout < 0:
+            raise ValueError(f"--timeout must be >= 0 seconds (0: no limit), got {timeout:g}")
         _set_threads(threads)
         service = load_chat_service(model, device)
         from chitchat.serve.app import create_app  # FastAPI only here: `ask` must start fast
+        from chitchat.serve.ops import resolve_key
 
-        web = create_app(service, max_batch)
+        key = resolve_key(api_key or None)
+        web = create_app(service, max_batch, max_queue, timeout or None, key)
     import uvicorn
 
-    typer.echo(f"chitchat: {model} on http://{host}:{port}/ (API docs: /docs)", err=True)
+    typer.echo(f"chitchat: {model} on http://{host}:{port}/ (API docs: /docs; OpenAI API: /v1"
+               f"{', key required' if key else ''})", err=True)
     uvicorn.run(web, host=host, port=port, log_level=log_level)
 
 

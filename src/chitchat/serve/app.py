@@ -2,12 +2,16 @@
 
 `create_app(service)` builds the app around a loaded service (`chitchat serve` loads it once at
 start-up); every answer goes through a `Batcher`, so decoding runs in a worker thread and the
-event loop stays free for `/health`, the page and the other requests. Every bad request is a 422
-whose `detail` is one readable line; `errors` lists each problem when the body failed validation.
+event loop stays free for `/health`, the page and the other requests. Every bad request to /api/*
+is a 422 whose `detail` is one readable line; `errors` lists each problem when the body failed
+validation. The OpenAI-compatible /v1/* routes (chitchat.serve.openai_api) answer errors in
+OpenAI's shape instead. Around both: an optional API key, Prometheus metrics at /metrics, a queue
+that refuses (429) rather than grows, and a body cap (chitchat.serve.ops).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -28,7 +32,9 @@ from chitchat.answering.decoding import DecodingConfig
 from chitchat.answering.service import ChatService, RequestError
 from chitchat.core.errors import InputError
 from chitchat.serve import limits
-from chitchat.serve.batcher import Batcher
+from chitchat.serve.batcher import Batcher, QueueFull
+from chitchat.serve.openai_api import TimedOut, add_openai_routes, error_response, openai_error
+from chitchat.serve.ops import KeyGate, Metrics, MetricsMiddleware, add_metrics_route
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024  # a full request (question, 20 turns of history, options) is far smaller
@@ -111,15 +117,24 @@ def _one_line(errors: list[dict]) -> str:
     return what + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
 
 
-def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
-    """The app around a loaded service; `max_batch` questions at most per decoder call (1: no batching)."""
-    batcher = Batcher(service, max_batch)
+def create_app(service: ChatService, max_batch: int = 16, max_queue: int = 256, timeout: float | None = 60.0,
+               api_key: str | None = None) -> FastAPI:
+    """The app around a loaded service; `max_batch` questions at most per decoder call (1: no batching),
+    `max_queue` requests waiting at most (then 429), `timeout` seconds a request waits for its
+    answer or first streamed token (None: for ever), `api_key` needed by /v1/* and /api/* (None: open)."""
+    batcher = Batcher(service, max_batch, max_queue)
     app = FastAPI(title="chitchat", version="0.1.0",
                   description="Russian chit-chat seq2seq model trained by the chitchat DVC pipeline.")
-    app.state.service, app.state.batcher = service, batcher
+    metrics = Metrics(queue_depth=lambda: batcher.depth)
+    app.state.service, app.state.batcher, app.state.metrics = service, batcher, metrics
     _add_error_handlers(app)
-    _add_body_cap(app)
-    _add_api(app, service, batcher)
+    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
+    if api_key:
+        app.add_middleware(KeyGate, key=api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: 401 and 413 are counted too
+    _add_api(app, service, batcher, timeout)
+    add_openai_routes(app, service, batcher, timeout, metrics)
+    add_metrics_route(app, metrics)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -129,42 +144,65 @@ def create_app(service: ChatService, max_batch: int = 16) -> FastAPI:
     return app
 
 
+def _openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error is JSON with a one-line `detail`: 422 for a bad request, 500 without a traceback."""
+    """Every error is JSON with one line: /api's `detail` (422 for a bad request) or, under /v1,
+    OpenAI's `error` (400); 429 and 503 say when to try again; 500 without a traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
                    **({"ctx": {"error": str(e["ctx"]["error"])}} if "error" in e.get("ctx", {}) else {})}
                   for e in exc.errors()] or [{"loc": ["body"], "msg": "invalid", "type": "invalid"}]
+        if _openai(request):
+            loc = errors[0]["loc"][1:] if errors[0]["loc"][:1] == ["body"] else errors[0]["loc"]
+            return error_response(400, _one_line(errors), ".".join(map(str, loc)) or None)
         return JSONResponse({"detail": _one_line(errors), "errors": errors}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        if exc.status_code == 400 and request.url.path.startswith("/api/"):  # FastAPI could not decode the body
+        decode = exc.status_code == 400  # FastAPI could not decode the body
+        if _openai(request):
+            return error_response(exc.status_code, f"the body is not valid JSON ({exc.detail})" if decode
+                                  else str(exc.detail), headers=exc.headers)
+        if decode and request.url.path.startswith("/api/"):
             return JSONResponse({"detail": f"the body is not valid JSON ({exc.detail})"}, status_code=422)
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestError)
     async def bad_request(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return openai_error(exc) if _openai(request) else JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        request.app.state.metrics.rejected("queue_full")
+        if _openai(request):
+            return openai_error(exc)
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(TimedOut)
+    async def timed_out(request: Request, exc: TimedOut) -> JSONResponse:
+        request.app.state.metrics.rejected("timeout")
+        if _openai(request):
+            return openai_error(exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(InputError)
     async def damaged_model(request: Request, exc: InputError) -> JSONResponse:
         # a model file read on first use (the retrieval index of rerank_k) is damaged: one log line, no traceback
         log.error("%s %s: %s", request.method, request.url.path, exc)
+        if _openai(request):
+            return error_response(503, str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         # uvicorn logs the traceback (starlette re-raises after this response)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
-                            status_code=500)
-
-
-def _add_body_cap(app: FastAPI) -> None:
-    """Refuse a body over MAX_BODY_BYTES before the app reads it: 413 (BodyCap)."""
-    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
+        message = f"internal error ({type(exc).__name__}); see the server log"
+        return error_response(500, message) if _openai(request) else JSONResponse({"detail": message}, status_code=500)
 
 
 class BodyCap:
@@ -215,10 +253,14 @@ class BodyCap:
 
 
 async def _refuse(status: int, detail: str, scope, receive, send) -> None:
-    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+    if scope.get("path", "").startswith("/v1/"):
+        response = error_response(status, detail, None, "request_too_large" if status == 413 else None)
+    else:
+        response = JSONResponse({"detail": detail}, status_code=status)
+    await response(scope, receive, send)
 
 
-def _add_api(app: FastAPI, service: ChatService, batcher: Batcher) -> None:
+def _add_api(app: FastAPI, service: ChatService, batcher: Batcher, timeout: float | None) -> None:
     """The JSON API (/api/*) and /health."""
 
     @app.post("/api/answer", response_model=AnswerResponse, responses={422: {"description": "bad request"}})
@@ -226,7 +268,12 @@ def _add_api(app: FastAPI, service: ChatService, batcher: Batcher) -> None:
         """Answer one question; the answers are ranked best first."""
         start = time.perf_counter()
         decoding = body.decoding.config()
-        reply = await batcher.reply(body.question, body.category, decoding, body.history)
+        future = batcher.submit(body.question, body.category, decoding, body.history)
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TimedOut(f"no answer within --timeout {timeout:g} s: the server is overloaded; "
+                           "try again later") from None
         return AnswerResponse(
             answers=[AnswerOut(text=a.text, score=a.score if math.isfinite(a.score) else None) for a in reply.answers],
             category=reply.category, question=reply.question, truncated=reply.truncated,
