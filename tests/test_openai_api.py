@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chitchat.answering.decoding import DecodingConfig
 from chitchat.serve.app import MAX_BODY_BYTES, create_app, running_server
 from test_inference import service, tiny_model  # noqa: F401  (module-scoped fixtures)
+from test_lm import lm_dir  # noqa: F401
 from test_web import send_chunked_until_answered
 
 QUESTION = "Как дела?"
@@ -285,3 +286,26 @@ def test_metrics_count_requests_and_first_tokens(server, client):
     assert metric(server, "chitchat_requests_total", route="/v1/chat/completions", status="200") == before + 2
     assert metric(server, "chitchat_time_to_first_token_seconds_count", route="/v1/chat/completions") == first + 1
     assert metric(server, "chitchat_requests_in_flight") == 1  # the /metrics request itself
+
+
+def test_a_language_model_continues_prompts_streamed_or_whole(lm_dir):
+    from chitchat.answering.continuation import ContinuationService
+    from chitchat.cli.common import load_served_service
+
+    lm = load_served_service(lm_dir)
+    assert isinstance(lm, ContinuationService)
+    prompt = "Жили-были дед да баба,"
+    expected = lm.continue_text(prompt, DecodingConfig(max_new_tokens=60))[0].continuation
+    assert expected.startswith(" и была у них")
+    with running_server(create_app(lm)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == ["chitchat-lm"]
+        whole = client.completions.create(model="chitchat-lm", prompt=prompt, max_tokens=60, temperature=0)
+        assert whole.choices[0].text == expected and whole.choices[0].finish_reason == "stop"
+        pieces = [c.choices[0].text for c in client.completions.create(model="chitchat-lm", prompt=prompt,
+                                                                       max_tokens=60, temperature=0, stream=True)
+                  if c.choices]
+        assert "".join(pieces) == expected and len([p for p in pieces if p]) > 3
+        with pytest.raises(openai.BadRequestError, match="v1/completions"):
+            client.chat.completions.create(model="chitchat-lm", messages=[{"role": "user", "content": prompt}])
+        assert httpx.post(url + "/api/answer", json={"question": prompt}).status_code == 422

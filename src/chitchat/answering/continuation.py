@@ -21,7 +21,8 @@ from chitchat.data.normalize import normalize_text
 from chitchat.text.user_text import cleaned
 from chitchat.answering.decoding import DecodingConfig, generate
 from chitchat.core.errors import InputError
-from chitchat.answering.service import RequestError, resolve_device
+from chitchat.answering.service import Answer, Reply, RequestError, finish_streams, resolve_device, step_hook
+from chitchat.answering.streaming import AnswerStream
 from chitchat.models.base import Seq2Seq, right_pad
 from chitchat.text.tokenizer import Tokenizer
 
@@ -73,7 +74,19 @@ def continue_texts(model: Seq2Seq, tok: Tokenizer, texts: Sequence[str], decodin
 
 
 class ContinuationService:
-    """A loaded language model that continues texts; `continue_text` is safe to call from several threads."""
+    """A loaded language model that continues texts; `continue_text` is safe to call from several threads.
+
+    `answer_batch` gives it ChatService's shape, so `chitchat serve` batches and streams its
+    continuations (/v1/completions) as it does a chit-chat model's answers: each question is a
+    prompt, each answer the text that follows it.
+    """
+
+    task = "lm"  # it continues texts: no questions, categories or history
+    model_type = "lm"
+    categories: list[str] = []
+    conditioned = False
+    condition_field = "category"
+    max_history = 0
 
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, device: torch.device,
                  lowercase: bool = False, yo_to_e: bool = False):
@@ -119,3 +132,31 @@ class ContinuationService:
         prompt = self._prompt(text)
         with self._lock, torch.inference_mode():
             return continue_texts(self.model, self.tokenizer, [prompt], decoding, self.device)[0]
+
+    def resolve_category(self, category: str | None) -> None:
+        if category is not None and category.strip():
+            raise RequestError("a language model has no categories: leave category out")
+        return None
+
+    def answer_batch(self, questions: Sequence[str], categories=None, decoding: DecodingConfig | None = None,
+                     histories=None, streams: Sequence[AnswerStream | None] | None = None) -> list[Reply]:
+        """The continuations of several prompts in one decoder call, as ChatService Replies."""
+        decoding = self.check_decoding(decoding or DecodingConfig())
+        for category in categories or ():
+            self.resolve_category(category)
+        if any(histories or ()):
+            raise RequestError("a language model continues one text: send it whole as the prompt, without history")
+        prompts = [self._prompt(q) for q in questions]
+        src, rows, cut = encode_prompts(self.tokenizer, prompts, self.model.context)
+        for stream, ids in zip(streams or (), rows):
+            if stream is not None:  # a continuation's text is what follows its prompt
+                stream.decode_with(lambda new, ids=ids: _new_text(self.tokenizer, ids, new))
+        hook = step_hook(streams, decoding, self.tokenizer.eos_id)
+        with self._lock, torch.inference_mode():
+            hyps = generate(self.model, src.to(self.device), decoding, self.tokenizer.bos_id, self.tokenizer.eos_id,
+                            self.tokenizer.never_generated, on_step=hook)
+        answers = [[Answer(_new_text(self.tokenizer, ids, h.ids), float(h.score), len(h.ids)) for h in ranked]
+                   for ids, ranked in zip(rows, hyps)]
+        finish_streams(streams, answers, decoding, stepped=True)
+        return [Reply(found, None, prompt, was_cut, len(ids)) for found, prompt, was_cut, ids
+                in zip(answers, prompts, cut, rows)]

@@ -70,8 +70,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class LanguageModelError(InputError):
+    """The model folder holds a language model (model.task lm): ContinuationService serves it."""
+
+
 class ChatService:
     """A loaded model that answers questions; `answer` is safe to call from several threads."""
+
+    task = "seq2seq"  # a question in, an answer out (ContinuationService: lm)
 
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, max_src_len: int, device: torch.device,
                  lowercase: bool = False, yo_to_e: bool = False, max_history: int = 0,
@@ -129,7 +135,8 @@ class ChatService:
 
             return RetrievalChatService(RetrievalIndex.load(index_dir), *normalization)
         if ckpt["model_config"].get("task") == "lm":  # a language model continues text; it answers nothing
-            raise InputError(model_dir, "this is a style-continuation model (model.task lm): use `chitchat continue`")
+            raise LanguageModelError(model_dir, "this is a style-continuation model (model.task lm): "
+                                                "use `chitchat continue`")
         model = model_from_checkpoint(model_dir, ckpt, dev)  # the dict read above: model.pt is loaded once
         tokenizer = load_tokenizer(model_dir, ckpt)
         if ckpt["model_config"]["type"] == "hf":  # a fine-tuned pretrained LM: its prompt is text

@@ -103,6 +103,11 @@ class AnswerStream:
         self.sink = sink
         self.cancelled = False
 
+    def decode_with(self, decode: Callable[[list[int]], str]) -> None:
+        """Read the tokens with `decode` instead (a continuation's text follows its own prompt)."""
+        for choice in self.choices:
+            choice.decode = decode
+
     def cancel(self) -> None:
         """Stop generating for this request at the next token (safe from any thread)."""
         self.cancelled = True

@@ -75,6 +75,17 @@ def load_chat_service(model: Path, device: str = "cpu"):
     return ChatService.load(model, device)
 
 
+def load_served_service(model: Path, device: str = "cpu"):
+    """What `chitchat serve` serves: the chat service, or a language model's continuation service
+    (it answers /v1/completions only)."""
+    from chitchat.answering.service import ChatService, LanguageModelError
+
+    try:
+        return ChatService.load(model, device)
+    except LanguageModelError:
+        return load_lm_service(model, device)
+
+
 def decoding_from(**options) -> DecodingConfig:
     """A validated decoding config from the command-line options."""
     return DecodingConfig(**options).validate()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from chitchat.cli.common import Device, ModelDir, one_line_errors, load_chat_service
+from chitchat.cli.common import Device, ModelDir, one_line_errors, load_chat_service, load_served_service
 
 MaxBatch = Annotated[int, typer.Option("--max-batch", help="questions answered together in one decoder call at most (1 = one at a time)")]
 Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads for decoding (0 = one fewer than the cores, at least 1)")]
@@ -43,7 +43,7 @@ def serve(
         if timeout < 0:
             raise ValueError(f"--timeout must be >= 0 seconds (0: no limit), got {timeout:g}")
         _set_threads(threads)
-        service = load_chat_service(model, device)
+        service = load_served_service(model, device)
         from chitchat.serve.app import create_app  # FastAPI only here: `ask` must start fast
         from chitchat.serve.ops import resolve_key
 

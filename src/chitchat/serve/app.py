@@ -267,6 +267,8 @@ def _add_api(app: FastAPI, service: ChatService, batcher: Batcher, timeout: floa
     async def answer(body: AnswerRequest) -> AnswerResponse:
         """Answer one question; the answers are ranked best first."""
         start = time.perf_counter()
+        if service.task == "lm":
+            raise RequestError("this model continues text (model.task lm): use /v1/completions or `chitchat continue`")
         decoding = body.decoding.config()
         future = batcher.submit(body.question, body.category, decoding, body.history)
         try:

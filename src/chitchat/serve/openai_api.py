@@ -148,6 +148,8 @@ def add_openai_routes(app: FastAPI, service: ChatService, batcher: Batcher, time
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         """A chat answer: the last user message is the question, the turns before it its history."""
+        if service.task == "lm":
+            raise ParamError("messages", "this model continues text (model.task lm): send a prompt to /v1/completions")
         question, history, system = body.dialogue()
         category = None if (body.category or body.persona) else _system_category(service, system)
         run = start(body, [(question, category, history)])
@@ -155,7 +157,7 @@ def add_openai_routes(app: FastAPI, service: ChatService, batcher: Batcher, time
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        """Answers to each prompt, read as a question (a seq2seq model has no text to continue)."""
+        """Each prompt continued (model.task lm), or read as a question (a chit-chat model)."""
         run = start(body, [(prompt, None, []) for prompt in body.prompts()])
         return await _respond(run, body, "text_completion", name, timeout, metrics, "/v1/completions")
 
