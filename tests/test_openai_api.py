@@ -241,6 +241,22 @@ def test_disconnect_mid_stream_stops_generation(service):
         assert httpx.get(url + "/health").json()["busy"] is False
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_stops_its_generation_too(service):
+    with running_server(create_app(SlowService(service, 0.05))) as url:
+        body = {"model": "chitchat-gru", "messages": [{"role": "user", "content": QUESTION}],
+                "max_tokens": 100, "min_tokens": 100}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while metric(url, "chitchat_generations_cancelled_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(url, "chitchat_generations_cancelled_total") == 1
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/health").json()["busy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert time.monotonic() < deadline  # stopped long before its 100 tokens (5 s) were done
+
+
 def test_flood_beyond_max_queue_gets_429_and_the_server_still_answers(service):
     slow = SlowService(service, 0.01)
     with running_server(create_app(slow, max_batch=1, max_queue=2)) as url:

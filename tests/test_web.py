@@ -164,7 +164,22 @@ def send_chunked_until_answered(url: str, path: str) -> tuple[bytes, int]:
                 sent += len(chunk)
         except (BrokenPipeError, ConnectionResetError):  # the server hung up after its answer
             pass
-        return sock.recv(65536), sent
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _length(reply):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+        return reply, sent
+
+
+def _length(reply: bytes) -> int:
+    """Content-Length of an HTTP reply's head."""
+    for line in reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def test_a_chunked_body_over_the_cap_is_refused_after_reading_little_of_it(service):

@@ -68,6 +68,7 @@ class Generation:
         self.streams = [AnswerStream(decode, self.n, body.stop or (), sink=self._sink(i)) for i in range(len(questions))]
         self.futures: list[asyncio.Future] = []
         self.finished = False
+        self.gone = False  # its client disconnected before the answer was in
         try:
             for (question, category, history), stream in zip(questions, self.streams):
                 self.futures.append(batcher.submit(question, category, self.decoding, history, stream))
@@ -153,13 +154,13 @@ def add_openai_routes(app: FastAPI, service: ChatService, batcher: Batcher, time
         question, history, system = body.dialogue()
         category = None if (body.category or body.persona) else _system_category(service, system)
         run = start(body, [(question, category, history)])
-        return await _respond(run, body, "chat.completion", name, timeout, metrics, "/v1/chat/completions")
+        return await _respond(request, run, body, "chat.completion", name, timeout, metrics, "/v1/chat/completions")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         """Each prompt continued (model.task lm), or read as a question (a chit-chat model)."""
         run = start(body, [(prompt, None, []) for prompt in body.prompts()])
-        return await _respond(run, body, "text_completion", name, timeout, metrics, "/v1/completions")
+        return await _respond(request, run, body, "text_completion", name, timeout, metrics, "/v1/completions")
 
 
 class ModelNotFound(RequestError):
@@ -195,20 +196,31 @@ def _choice(kind: str, index: int, text: str | None, finish: str | None, first: 
     return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
 
 
-async def _respond(run: Generation, body: Sampling, kind: str, model: str, timeout, metrics, route):
+async def _respond(request: Request, run: Generation, body: Sampling, kind: str, model: str, timeout, metrics,
+                   route):
     """The whole answer as JSON, or (stream) an SSE response once the first event is in."""
     rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
     created, began = int(time.time()), time.perf_counter()
+    watcher = None if body.stream else asyncio.ensure_future(_watch_disconnect(request, run, metrics))
     try:
         first = await run.next(timeout)
-    except BaseException:
+        if first is END or not body.stream:
+            event = first
+            deadline = None if timeout is None else began + timeout
+            while event is not END:
+                event = await run.next(None if deadline is None else max(0.001, deadline - time.perf_counter()))
+    except BaseException as exc:  # timed out, or the client left (cancelled): its generation stops too
         run.cancel()
+        if isinstance(exc, asyncio.CancelledError) and metrics is not None:
+            metrics.cancelled()
         raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    if run.gone:
+        return JSONResponse({"error": {"message": "the client closed the request", "type": "client_closed",
+                                       "param": None, "code": None}}, status_code=499)
     if first is END or not body.stream:
-        event = first
-        deadline = None if timeout is None else began + timeout
-        while event is not END:
-            event = await run.next(None if deadline is None else max(0.001, deadline - time.perf_counter()))
         replies = run.replies()  # raises the request's error
         if metrics is not None and not body.stream:
             metrics.add_tokens(sum(s.tokens for s in run.streams))
@@ -224,6 +236,19 @@ async def _respond(run: Generation, body: Sampling, kind: str, model: str, timeo
     events = _sse(run, first, body, kind, rid, created, model, metrics)
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _watch_disconnect(request: Request, run: "Generation", metrics) -> None:
+    """A non-streamed request whose client leaves stops its generation too (uvicorn does not cancel
+    the handler: it only reports the disconnect to whoever reads the request's messages)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            run.gone = True
+            run.cancel()
+            if metrics is not None:
+                metrics.cancelled()
+            return
 
 
 async def _sse(run: Generation, first, body: Sampling, kind: str, rid: str, created: int, model: str,
