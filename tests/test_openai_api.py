@@ -325,3 +325,27 @@ def test_a_language_model_continues_prompts_streamed_or_whole(lm_dir):
         with pytest.raises(openai.BadRequestError, match="v1/completions"):
             client.chat.completions.create(model="chitchat-lm", messages=[{"role": "user", "content": prompt}])
         assert httpx.post(url + "/api/answer", json={"question": prompt}).status_code == 422
+
+
+def test_streamed_and_whole_requests_share_one_decoder_call(service):
+    from test_web import CountingService
+
+    gate = threading.Event()
+    counting = CountingService(service, gate)
+    questions = ["Как сварить борщ?", "Что приготовить на ужин?", "Сколько варить яйцо?", "Как испечь блины?"]
+    with running_server(create_app(counting, max_batch=16)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(len(questions) + 1) as pool:
+            first = pool.submit(chat, client, QUESTION)
+            assert counting.entered.wait(30)  # the first decode holds the model; the rest queue up
+            rest = [pool.submit(streamed if i % 2 else chat, client, q) for i, q in enumerate(questions)]
+            deadline = time.monotonic() + 30
+            while httpx.get(url + "/health").json()["waiting"] < len(questions) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            gate.set()
+            outs = [f.result() for f in rest]
+        first.result()
+    assert counting.batches == [1, len(questions)]  # two streamed and two whole answers in one call
+    for i, (question, out) in enumerate(zip(questions, outs)):
+        text = out[0][0] if i % 2 else out.choices[0].message.content
+        assert text == service.reply(question).answers[0].text
