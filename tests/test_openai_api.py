@@ -349,3 +349,29 @@ def test_streamed_and_whole_requests_share_one_decoder_call(service):
     for i, (question, out) in enumerate(zip(questions, outs)):
         text = out[0][0] if i % 2 else out.choices[0].message.content
         assert text == service.reply(question).answers[0].text
+
+
+def test_serve_command_takes_the_production_knobs(tiny_model, monkeypatch):
+    import uvicorn
+    import torch
+    from typer.testing import CliRunner
+
+    from chitchat.cli import app as cli_app
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setenv("CHITCHAT_API_KEY", "from-env")
+    threads = ["--threads", str(torch.get_num_threads())]
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model), "--max-queue", "3", "--timeout", "7",
+                                          *threads])
+    assert result.exit_code == 0, result.output
+    assert "key required" in result.stderr
+    assert seen["app"].state.batcher.max_queue == 3
+    from fastapi.testclient import TestClient
+    with TestClient(seen["app"]) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    for args, message in ((["--max-queue", "0"], "--max-queue must be >= 1, got 0"),
+                          (["--timeout", "-1"], "--timeout must be >= 0 seconds (0: no limit), got -1")):
+        bad = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model), *args, *threads])
+        assert bad.exit_code == 1 and bad.stderr.strip() == f"chitchat: error: {message}"
