@@ -104,7 +104,7 @@ class Metrics:
         self.queue_depth = Gauge("chitchat_queue_depth", "requests waiting for the decoder", registry=r)
         self.queue_depth.set_function(lambda: float(queue_depth()))
         self.cancelled_total = Counter("chitchat_generations_cancelled_total",
-                                       "generations stopped because the client disconnected mid-stream", registry=r)
+                                       "generations stopped because the client disconnected before its answer was complete", registry=r)
         self.rejected_total = Counter("chitchat_requests_rejected_total", "requests refused before decoding",
                                       ("reason",), registry=r)
 
@@ -117,7 +117,7 @@ class Metrics:
         self.tokens.inc(n)
 
     def cancelled(self) -> None:
-        """A client disconnected mid-stream and its generation was stopped."""
+        """A client disconnected before its answer was complete, and its generation was stopped."""
         self.cancelled_total.inc()
 
     def rejected(self, reason: str) -> None:
