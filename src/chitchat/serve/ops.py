@@ -104,7 +104,8 @@ class Metrics:
         self.queue_depth = Gauge("chitchat_queue_depth", "requests waiting for the decoder", registry=r)
         self.queue_depth.set_function(lambda: float(queue_depth()))
         self.cancelled_total = Counter("chitchat_generations_cancelled_total",
-                                       "generations stopped because the client disconnected before its answer was complete", registry=r)
+                                       "generations stopped because the client left before its answer was complete",
+                                       registry=r)
         self.rejected_total = Counter("chitchat_requests_rejected_total", "requests refused before decoding",
                                       ("reason",), registry=r)
 
