@@ -157,6 +157,6 @@ class ContinuationService:
                             self.tokenizer.never_generated, on_step=hook)
         answers = [[Answer(_new_text(self.tokenizer, ids, h.ids), float(h.score), len(h.ids)) for h in ranked]
                    for ids, ranked in zip(rows, hyps)]
-        finish_streams(streams, answers, decoding, stepped=True)
+        finish_streams(streams, answers, stepped=hook is not None, max_tokens=decoding.max_new_tokens)
         return [Reply(found, None, prompt, was_cut, len(ids)) for found, prompt, was_cut, ids
                 in zip(answers, prompts, cut, rows)]

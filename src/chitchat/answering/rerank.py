@@ -34,6 +34,7 @@ class Candidate:
     text: str
     score: float  # mean log-probability per answer token under the model (minus rerank_mmi x the same without the question)
     source: str  # "model" or "retrieval"
+    tokens: int = 0  # answer tokens the model scored (BOS and EOS aside; a retrieved answer cut to max_tgt_len)
 
 
 def target_ids(tok, text: str, max_tgt_len: int) -> list[int]:
@@ -84,8 +85,8 @@ def rerank(model: Seq2Seq, tok, index: RetrievalIndex, sources: Sequence[Sequenc
         prior = mean_logprobs(model, [neutral[q] for q, *_ in pool], targets, tok.pad_id, device)
         scores = [s - decoding.rerank_mmi * p for s, p in zip(scores, prior)]
     ranked: list[list[Candidate]] = [[] for _ in questions]
-    for (q, source, text, _), score in zip(pool, scores):
-        ranked[q].append(Candidate(text, score, source))
+    for (q, source, text, ids), score in zip(pool, scores):
+        ranked[q].append(Candidate(text, score, source, len(ids) - 2))
     return [_best(cands, decoding.n) for cands in ranked]
 
 

@@ -228,6 +228,7 @@ class ChatService:
         if not texts:
             return []
         rows, truncated, lengths = self._sources(texts, names, contexts)
+        hook = step_hook(streams, decoding, self.tokenizer.eos_id)  # None for rerank and beam: no token steps
         if decoding.rerank_k:  # retrieve-then-rank: chitchat.answering.rerank
             from chitchat.answering.rerank import rerank  # scikit-learn and polars only where they are used
 
@@ -235,16 +236,15 @@ class ChatService:
                 neutral = self._sources([""] * len(texts), names)[0] if decoding.rerank_mmi else None
                 ranked = rerank(self.model, self.tokenizer, self.index, rows, texts, names, contexts, decoding,
                                 self.max_tgt_len, self.device, neutral)
-            answers = [[Answer(c.text, c.score, len(self.tokenizer.encode(c.text))) for c in row] for row in ranked]
+            answers = [[Answer(c.text, c.score, c.tokens) for c in row] for row in ranked]
         else:
-            hook = step_hook(streams, decoding, self.tokenizer.eos_id)
             with self._lock, torch.inference_mode():
                 hyps = generate(self.model, right_pad(rows, self.tokenizer.pad_id).to(self.device), decoding,
                                 self.tokenizer.bos_id, self.tokenizer.eos_id, banned_ids=self.tokenizer.never_generated,
                                 on_step=hook)
             answers = [[Answer(self.tokenizer.decode(h.ids), float(h.score), len(h.ids))
                         for h in sorted(row, key=lambda h: h.score, reverse=True)] for row in hyps]
-        finish_streams(streams, answers, decoding, stepped=not decoding.rerank_k)
+        finish_streams(streams, answers, stepped=hook is not None, max_tokens=decoding.max_new_tokens)
         return [Reply(ans, name, text, cut, n_tok, len(context))
                 for text, name, cut, n_tok, ans, context in zip(texts, names, truncated, lengths, answers, contexts)]
 
@@ -296,15 +296,16 @@ def step_hook(streams: Sequence[AnswerStream | None] | None, decoding: DecodingC
     return hook
 
 
-def finish_streams(streams: Sequence[AnswerStream | None] | None, answers: list[list[Answer]],
-                   decoding: DecodingConfig, stepped: bool) -> None:
-    """After a decoder call: streams fed token by token end what is open; the others get answers whole."""
+def finish_streams(streams: Sequence[AnswerStream | None] | None, answers: list[list[Answer]], stepped: bool,
+                   max_tokens: int) -> None:
+    """After a decoder call: streams fed token by token (`stepped`: a step_hook ran) end what is
+    open; the others get their answers whole."""
     for stream, found in zip(streams or (), answers):
         if stream is None:
             continue
-        if not (stepped and decoding.strategy != "beam"):
-            stream.whole([(a.text, a.tokens) for a in found], decoding.max_new_tokens)
-        stream.close(decoding.max_new_tokens)
+        if not stepped:
+            stream.whole([(a.text, a.tokens) for a in found], max_tokens)
+        stream.close(max_tokens)
 
 
 class HFChatService(ChatService):
@@ -365,6 +366,6 @@ class RetrievalChatService(ChatService):
         with self._lock:
             hits = self.index.search(texts, names if self.conditioned else None, contexts, k=decoding.n)
         answers = [[Answer(h.answer, h.score, len(h.answer.split())) for h in found] for found in hits]
-        finish_streams(streams, answers, decoding, stepped=False)
+        finish_streams(streams, answers, stepped=False, max_tokens=decoding.max_new_tokens)
         return [Reply(found, name, text, False, len(text.split()), len(context))
                 for text, name, found, context in zip(texts, names, answers, contexts)]

@@ -274,8 +274,7 @@ def _add_api(app: FastAPI, service: ChatService, batcher: Batcher, timeout: floa
         try:
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
-            raise TimedOut(f"no answer within --timeout {timeout:g} s: the server is overloaded; "
-                           "try again later") from None
+            raise TimedOut(timeout) from None
         return AnswerResponse(
             answers=[AnswerOut(text=a.text, score=a.score if math.isfinite(a.score) else None) for a in reply.answers],
             category=reply.category, question=reply.question, truncated=reply.truncated,

@@ -38,6 +38,9 @@ END = object()  # every job of a generation has its outcome
 class TimedOut(RuntimeError):
     """A request waited past --timeout for the model."""
 
+    def __init__(self, timeout: float):
+        super().__init__(f"no answer within --timeout {timeout:g} s: the server is overloaded; try again later")
+
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict | None = None) -> JSONResponse:
@@ -102,8 +105,7 @@ class Generation:
             return await asyncio.wait_for(self.events.get(), timeout)
         except asyncio.TimeoutError:
             self.cancel()
-            raise TimedOut(f"no answer within --timeout {timeout:g} s: the server is overloaded; "
-                           "try again later") from None
+            raise TimedOut(timeout) from None
 
     def replies(self) -> list[Reply]:
         """After END: every job's Reply, or the first job's error raised."""
@@ -123,19 +125,17 @@ class Generation:
 def add_openai_routes(app: FastAPI, service: ChatService, batcher: Batcher, timeout: float | None,
                       metrics=None) -> None:
     """/v1/models, /v1/chat/completions and /v1/completions on `app`."""
-    name, created = model_id(service), int(time.time())
+    name = model_id(service)
+    card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "chitchat"}
 
     @app.get("/v1/models")
     async def models() -> dict:
         """The one model this server serves."""
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "chitchat"}]}
+        return {"object": "list", "data": [card]}
 
     @app.get("/v1/models/{model}")
     async def one_model(model: str):
-        if model != name:
-            return error_response(404, f"the model {model!r} does not exist here; this server serves {name!r}",
-                                  "model", "model_not_found")
-        return {"id": name, "object": "model", "created": created, "owned_by": "chitchat"}
+        return card if model == name else openai_error(ModelNotFound(model, name))
 
     def start(body: Sampling, questions) -> Generation:
         if body.model is not None and body.model != name:
