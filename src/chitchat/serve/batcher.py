@@ -59,7 +59,6 @@ class Batcher:
         self.waiting: list[_Job] = []
         self.busy = False  # a decode is running in the worker thread
         self.calls = 0  # decoder calls made (tests and benchmarks read it)
-        self.refused = 0  # requests refused with QueueFull
         self._seconds = 0.5  # recent seconds per decoder call (Retry-After's guess)
         self._task: asyncio.Task | None = None
 
@@ -79,7 +78,6 @@ class Batcher:
         the future drops a waiting request; QueueFull is raised here, before anything waits."""
         waiting = self.depth
         if waiting >= self.max_queue:
-            self.refused += 1
             batches = math.ceil((waiting + 1) / self.max_batch) + self.busy
             raise QueueFull(waiting, max(1, math.ceil(batches * self._seconds)))
         loop = asyncio.get_running_loop()
