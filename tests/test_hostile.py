@@ -429,6 +429,7 @@ def test_apply_filters_drops_what_drop_reason_names(words):
 def test_an_interrupted_sink_stops_at_the_next_chunk_and_leaves_no_file(tmp_path):
     """Ctrl-C reaches the main thread while polars sinks in another: the source stops, the error rises."""
     import _thread
+    import signal
     import threading
     import time
 
@@ -444,10 +445,16 @@ def test_an_interrupted_sink_stops_at_the_next_chunk_and_leaves_no_file(tmp_path
             time.sleep(0.05)
             yield pl.DataFrame({"x": [i]})
 
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    out = tmp_path / "pairs.parquet"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(out) as tmp:
-            prepare_stage.sink_interruptibly(register_io_source(slow_source, schema={"x": pl.Int64}), tmp, stop)
+    # Ctrl-C as the stage meets it in its own process: Python's default handler. An earlier test in
+    # this process may leave another one behind (an asyncio loop's), which would swallow the interrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        out = tmp_path / "pairs.parquet"
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_path(out) as tmp:
+                prepare_stage.sink_interruptibly(register_io_source(slow_source, schema={"x": pl.Int64}), tmp, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stop.is_set() and 0 < len(served) < 100
     assert list(tmp_path.iterdir()) == []
