@@ -140,6 +140,77 @@ def test_a_glob_that_matches_nothing_or_a_bad_file_names_it(tmp_path, qa_records
         read_inputs([InputSpec(str(tmp_path / "*.jsonl.zst"))])
 
 
+def _glob_of_parts(folder, count: int = 5, records: int = 400):
+    """`count` files of a glob, one of each compression, with a zip of two members among them."""
+    folder.mkdir()
+    suffixes = [".jsonl.gz", ".jsonl.bz2", ".jsonl.xz", ".jsonl.zst", ".jsonl.zip", ".jsonl"]
+    for part in range(count):
+        rows = [{"question": f"вопрос {part}-{i}", "responses": [f"ответ {i}"]} for i in range(records)]
+        path = folder / f"part-{part:02d}{suffixes[part % len(suffixes)]}"
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path, "w") as z:
+                for half, name in ((rows[: records // 2], "a.jsonl"), (rows[records // 2:], "b.jsonl")):
+                    z.writestr(name, "\n".join(json.dumps(r, ensure_ascii=False) for r in half) + "\n")
+        else:
+            write_jsonl(path, rows)
+    return str(folder / "part-*")
+
+
+@pytest.mark.parametrize("read_parts", [2, 3, 8])
+def test_a_globs_files_decompressed_at_once_give_the_chunks_of_one_at_a_time(tmp_path, read_parts):
+    """Lines, line numbers and member names are the same whatever the number of files read at once."""
+    from chitchat.data.lines import iter_line_chunks
+
+    pattern = _glob_of_parts(tmp_path / "dump")
+
+    def chunks(parts):
+        return [(c.first_line, c.member, c.lines.to_list()) for c in iter_line_chunks(pattern, chunk_bytes=3000,
+                                                                                    read_parts=parts)]
+
+    one = chunks(1)
+    assert len(one) > 20 and one[0][0] == 1
+    assert chunks(read_parts) == one
+    members = list(dict.fromkeys(member for _, member, _ in one))
+    assert members[4].endswith("part-04.jsonl.zip::a.jsonl") and members[5].endswith("part-04.jsonl.zip::b.jsonl")
+    assert sum(len(lines) for *_, lines in one) == 5 * 400
+
+
+def test_files_of_a_glob_are_decompressed_on_threads_at_once_and_all_stop_with_the_reader(tmp_path):
+    import threading
+
+    from chitchat.data.lines import iter_line_chunks
+
+    pattern = _glob_of_parts(tmp_path / "dump", count=6, records=3000)
+
+    def readers():
+        return [t for t in threading.enumerate() if t.name == "chitchat-reader"]
+
+    before = len(readers())
+    stream = iter_line_chunks(pattern, chunk_bytes=2000, read_parts=3)
+    first = next(stream)
+    assert first.member.endswith("part-00.jsonl.gz")
+    assert len(readers()) - before == 3  # this file's and the next two
+    stream.close()  # a consumer that stops in the first file
+    assert len(readers()) == before
+
+
+@pytest.mark.parametrize("read_parts", [1, 4])
+def test_a_corrupt_file_in_a_glob_read_ahead_is_named_after_the_lines_before_it(tmp_path, read_parts):
+    """A later file fails while the reader is still in an earlier one: the error waits its turn,
+    names that file and counts the lines of the files before it."""
+    from chitchat.data.lines import iter_line_chunks
+
+    pattern = _glob_of_parts(tmp_path / "dump", count=4)
+    bad = tmp_path / "dump" / "part-02.jsonl.xz"
+    bad.write_bytes(bad.read_bytes()[:-200])
+    read = []
+    with pytest.raises(InputError, match=r"part-02\.jsonl\.xz: compressed stream is truncated or corrupt after line (\d+)") as err:
+        for chunk in iter_line_chunks(pattern, chunk_bytes=3000, read_parts=read_parts):
+            read.append(chunk.member)
+    line = int(str(err.value).rsplit(" ", 1)[1])
+    assert 800 <= line < 1200 and set(read) >= {str(tmp_path / "dump" / f"part-0{i}.jsonl.{s}") for i, s in ((0, "gz"), (1, "bz2"))}
+
+
 def test_ordered_map_keeps_the_order_raises_in_order_and_bounds_the_work_in_flight():
     import threading
     import time

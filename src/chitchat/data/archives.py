@@ -180,15 +180,22 @@ def _zstd_open(path: Path) -> IO[bytes]:
     return io.BufferedReader(_Zstd(path), 1 << 20)
 
 
+def input_files(path: str | Path) -> list[Path]:
+    """The files an input path names: the matches of a glob (expand), else the path itself."""
+    return expand(path) if is_glob(path) else [Path(path)]
+
+
 def raw_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
     """(member name, binary stream) for each part of `path` to read; "" names a plain or compressed
     file; for a glob, each matched file's path (`path::member` for the members of archives among them)."""
-    if is_glob(path):
-        for file in expand(path):
-            for member, stream in _file_streams(file, suffixes):
-                yield (f"{file}::{member}" if member else str(file)), stream
-        return
-    yield from _file_streams(Path(path), suffixes)
+    for file in input_files(path):
+        yield from file_streams(file, suffixes, is_glob(path))
+
+
+def file_streams(file: Path, suffixes: tuple[str, ...], in_glob: bool = False) -> Iterator[tuple[str, IO[bytes]]]:
+    """raw_streams of one file of an input; `in_glob`: the names carry the file's path, as a glob's do."""
+    for member, stream in _file_streams(file, suffixes):
+        yield ((f"{file}::{member}" if member else str(file)) if in_glob else member), stream
 
 
 def _file_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, IO[bytes]]]:
@@ -219,11 +226,6 @@ def _file_streams(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, 
     else:
         with open(path, "rb") as handle:
             yield "", handle
-
-
-def failing_file(path: Path, member: str) -> Path:
-    """The file to name in an error while reading `member` of `path`: for a glob, the matched file."""
-    return Path(member.split("::")[0]) if is_glob(path) and member else path
 
 
 def stream_error(path: Path, line_no: int, exc: BaseException) -> InputError:
